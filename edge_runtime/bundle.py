@@ -1,0 +1,203 @@
+"""The bundle manifest: the one contract between export, quantize and the runtime.
+
+A bundle is a directory holding `manifest.json`, the ONNX audio encoder and the GGUF LLM.
+The manifest is always written last and atomically, so a directory without one (an
+interrupted export) never loads as a bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "moss-audio-edge-bundle"
+FORMAT_VERSION = 1
+SUPPORTED_MODEL_TYPES = ("moss_audio", "moss_music")
+
+
+class BundleError(ValueError):
+    """The directory is not a bundle this runtime can run; the message says why."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+    dtype: str  # e.g. fp32 / int8 for ONNX, F32 / Q4_K_M for GGUF
+    extra_files: tuple[str, ...] = ()  # ONNX external data
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    sample_rate: int
+    n_mels: int
+    n_fft: int
+    hop_length: int
+    chunk_frames: int  # mel frames per independently encoded chunk (4 s)
+    tokens_per_chunk: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_chunk * self.sample_rate / (self.chunk_frames * self.hop_length)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    audio: int  # placeholder replaced by encoder rows
+    audio_start: int
+    audio_end: int
+    im_start: int
+    im_end: int
+    endoftext: int
+    digits: tuple[int, ...]  # ids of '0'..'9', used for time markers
+    stop: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TimeMarkers:
+    enabled: bool
+    every_tokens: int  # one marker after each complete group of this many audio tokens
+    seconds_per_marker: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_type: str
+    source_config_sha256: str
+    hidden_size: int
+    num_deepstack: int
+    vocab_size: int
+    context_length: int
+
+    @property
+    def row_width(self) -> int:
+        """Floats per audio row: adapter output then K DeepStack vectors."""
+        return self.hidden_size * (1 + self.num_deepstack)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    audio: AudioParams
+    tokens: TokenIds
+    time_markers: TimeMarkers
+    encoder: FileEntry
+    llm: FileEntry
+    system_prompt: str = "You are a helpful assistant."
+    parity: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    model_card: dict[str, Any] = field(default_factory=dict)
+    created_by: str = "moss-audio-edge"
+    format: str = BUNDLE_FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        def tup(entry: dict, *keys: str) -> dict:
+            return {k: tuple(v) if k in keys else v for k, v in entry.items()}
+        return cls(
+            model=ModelInfo(**data["model"]),
+            audio=AudioParams(**data["audio"]),
+            tokens=TokenIds(**tup(data["tokens"], "digits", "stop")),
+            time_markers=TimeMarkers(**data["time_markers"]),
+            encoder=FileEntry(**tup(data["encoder"], "extra_files")),
+            llm=FileEntry(**tup(data["llm"], "extra_files")),
+            **{k: data[k] for k in ("system_prompt", "parity", "quantization", "model_card",
+                                    "created_by", "format", "format_version") if k in data},
+        )
+
+
+def sha256_of(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(directory: Path, name: str, dtype: str, extra_files: tuple[str, ...] = ()) -> FileEntry:
+    """Describe a file already in `directory` (size and hash cover the extra files too)."""
+    digest = hashlib.sha256()
+    size = 0
+    for part in (name, *extra_files):
+        digest.update(sha256_of(directory / part).encode())
+        size += (directory / part).stat().st_size
+    return FileEntry(path=name, size=size, sha256=digest.hexdigest(), dtype=dtype, extra_files=extra_files)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Atomically: a reader sees either no manifest or the whole of it."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST_NAME)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.directory / self.manifest.encoder.path
+
+    @property
+    def llm_path(self) -> Path:
+        return self.directory / self.manifest.llm.path
+
+
+def _check_file(directory: Path, entry: FileEntry, what: str, verify_hashes: bool) -> None:
+    size = 0
+    for part in (entry.path, *entry.extra_files):
+        path = directory / part
+        if not path.is_file():
+            raise BundleError(f"{path}: {what} file listed in the manifest is missing")
+        size += path.stat().st_size
+    if size != entry.size:
+        raise BundleError(
+            f"{directory / entry.path}: {what} is {size} bytes, manifest says {entry.size} "
+            "(truncated or replaced file)")
+    if verify_hashes and file_entry(directory, entry.path, entry.dtype, entry.extra_files).sha256 != entry.sha256:
+        raise BundleError(f"{directory / entry.path}: {what} sha256 differs from the manifest (corrupt file)")
+
+
+def load_bundle(directory: str | Path, verify_hashes: bool = False) -> Bundle:
+    """Read and validate a bundle. Sizes are always checked; hashes when asked (they cost a
+    full read of multi-GB files)."""
+    root = Path(directory)
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle directory not found")
+    if not manifest_path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle, or an interrupted export)")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_path}: not a moss-audio-edge bundle manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle format version {data.get('format_version')!r}; this runtime "
+            f"reads version {FORMAT_VERSION} (re-export the bundle with a matching moss-audio-edge)")
+    try:
+        manifest = Manifest.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path}: malformed manifest ({exc})") from exc
+    if manifest.model.model_type not in SUPPORTED_MODEL_TYPES:
+        raise BundleError(f"{manifest_path}: model type {manifest.model.model_type!r} is not MOSS-Audio")
+    _check_file(root, manifest.encoder, "audio encoder", verify_hashes)
+    _check_file(root, manifest.llm, "LLM", verify_hashes)
+    return Bundle(directory=root, manifest=manifest)

@@ -1,0 +1,86 @@
+"""The prompt as a sequence of pieces: token runs and audio runs (SPEC §6).
+
+Audio runs are fed to llama.cpp as embedding batches and token runs (chat frame, time
+markers, instruction) as token batches, so the prompt is never a flat id list here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from .bundle import Manifest
+
+TRANSCRIBE = "Transcribe the audio."
+SENTENCE_TIMESTAMPS = (
+    "Transcribe the audio into sentence-level timestamps using the format [xx.xx]text[yy.yy], "
+    "where xx.xx and yy.yy are timestamps with centisecond precision rounded to two decimal "
+    "places. Concatenate consecutive segments without breaks. For example: [0.00]hello "
+    "there[2.01][2.01]the weather is nice today[4.32]. Do not include any additional content "
+    "such as explanations, headings, or annotations."
+)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Audio:
+    start: int  # first row of the encoder output this run takes
+    count: int
+
+
+Piece = Union[Tokens, Audio]
+
+
+def marker_ids(second: int, digits: tuple[int, ...]) -> tuple[int, ...]:
+    """A time marker: the decimal digits of `second` as single digit tokens."""
+    return tuple(digits[int(c)] for c in str(second))
+
+
+def audio_span(manifest: Manifest, n_tokens: int, first: int = 0) -> list[Piece]:
+    """Audio rows `first`..`n_tokens-1` of a span with their time markers. Markers depend only
+    on the token count, so spans built chunk by chunk concatenate to the offline span."""
+    markers = manifest.time_markers
+    pieces: list[Piece] = []
+    if not markers.enabled:
+        return [Audio(first, n_tokens - first)] if n_tokens > first else []
+    group = markers.every_tokens
+    start = first
+    while start < n_tokens:
+        end = min(n_tokens, (start // group + 1) * group)
+        pieces.append(Audio(start, end - start))
+        if end % group == 0:  # the group is complete: its marker follows it
+            second = end // group * markers.seconds_per_marker
+            pieces.append(Tokens(marker_ids(second, manifest.tokens.digits)))
+        start = end
+    return pieces
+
+
+def prompt_head(manifest: Manifest, tokenize: Callable[[str], list[int]],
+                system: str | None = None) -> list[Piece]:
+    """Everything before the audio rows: system turn, user turn opening, audio start."""
+    system = manifest.system_prompt if system is None else system
+    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+    return [Tokens(tuple(tokenize(text)) + (manifest.tokens.audio_start,))]
+
+
+def prompt_tail(manifest: Manifest, tokenize: Callable[[str], list[int]], instruction: str) -> list[Piece]:
+    """Everything after the audio rows: audio end, the instruction, the assistant turn."""
+    text = f"\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    return [Tokens((manifest.tokens.audio_end,) + tuple(tokenize(text)))]
+
+
+def build_prompt(manifest: Manifest, tokenize: Callable[[str], list[int]], n_audio_tokens: int,
+                 instruction: str, system: str | None = None) -> list[Piece]:
+    return (prompt_head(manifest, tokenize, system) + audio_span(manifest, n_audio_tokens)
+            + prompt_tail(manifest, tokenize, instruction))
+
+
+def flat_ids(pieces: list[Piece], audio_token: int) -> list[int]:
+    """The prompt as one id list (audio rows as placeholders): for display and checks."""
+    ids: list[int] = []
+    for piece in pieces:
+        ids += piece.ids if isinstance(piece, Tokens) else [audio_token] * piece.count
+    return ids
