@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian/Ubuntu machine: system tools, a virtual environment
+# with the CPU build of torch (for export), and this package with all its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+command -v sox >/dev/null || need_apt+=(sox)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/pip install -q torch==2.13.0
+# llama-cpp-python compiles from source (about 10 minutes on 2 cores; pip caches the wheel).
+.venv/bin/pip install -q -e ".[export,dev]"
+echo "set-up done: .venv/bin/moss-edge is ready"
