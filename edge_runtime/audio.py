@@ -76,7 +76,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return audio
     common = gcd(orig_sr, target_sr)
     up, down = target_sr // common, orig_sr // common
-    bank, half = _polyphase_filters(up, down)
+    bank, half = polyphase_filters(up, down)
     taps = bank.shape[1]
     n_out = -(-len(audio) * up // down)
     # Output n sits at position n * down of the signal upsampled by `up`; its newest
@@ -101,7 +101,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _polyphase_filters(up: int, down: int) -> tuple[np.ndarray, int]:
+def polyphase_filters(up: int, down: int) -> tuple[np.ndarray, int]:
     """Low-pass filter at the upsampled rate split into `up` phases.
 
     Returns (bank, half): bank[p] holds the taps of phase p in reverse order, so a dot

@@ -110,3 +110,55 @@ def log_mel_spectrogram(audio: np.ndarray) -> np.ndarray:
     # Upstream computes one more frame and drops it; stop the padded signal before it instead.
     log_mel = log_mel_frames(padded[: (n_frames - 1) * HOP_LENGTH + N_FFT])
     return normalize_log_mel(log_mel, log_mel.max())
+
+
+class LogMelStream:
+    """Incremental log-mel of one stream window.
+
+    Frames equal those of `log_mel_spectrogram` on the window's whole audio (reflect padding
+    at both ends, the last frame dropped). Only the normalisation differs: the offline clamp
+    uses the clip's global maximum, which a live front end cannot know; each block of frames
+    is normalised with the maximum seen so far, including that block.
+    """
+
+    def __init__(self) -> None:
+        self._audio = np.zeros(0, dtype=np.float64)
+        self._done = 0  # frames handed out
+        self.maximum = -np.inf
+
+    @property
+    def n_samples(self) -> int:
+        return len(self._audio)
+
+    @property
+    def frames_done(self) -> int:
+        return self._done
+
+    def append(self, samples: np.ndarray) -> None:
+        self._audio = np.concatenate([self._audio, np.asarray(samples, dtype=np.float64)])
+
+    def _padded(self, final: bool) -> np.ndarray:
+        half = N_FFT // 2
+        head = self._audio[1:half + 1][::-1]  # np.pad(..., mode="reflect") at the start
+        tail = self._audio[-half - 1:-1][::-1] if final else np.zeros(0)
+        return np.concatenate([head, self._audio, tail])
+
+    def ready_frames(self) -> int:
+        """Frames computable now without knowing where the window ends."""
+        return max(0, (self.n_samples - N_FFT // 2) // HOP_LENGTH + 1 - self._done)
+
+    def take(self, n_frames: int, final: bool = False) -> np.ndarray:
+        """The next `n_frames` normalised frames [N_MELS, n_frames]."""
+        if self.n_samples <= N_FFT // 2:
+            raise ValueError(f"a window needs more than {N_FFT // 2} samples")
+        if n_frames <= 0:
+            return np.zeros((N_MELS, 0), dtype=np.float32)
+        start = self._done * HOP_LENGTH
+        raw = log_mel_frames(self._padded(final)[start:start + (n_frames - 1) * HOP_LENGTH + N_FFT])
+        self._done += raw.shape[1]
+        self.maximum = max(self.maximum, float(raw.max()))
+        return normalize_log_mel(raw, self.maximum)
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames once the window has ended."""
+        return self.take(self.n_samples // HOP_LENGTH - self._done, final=True)

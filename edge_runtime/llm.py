@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import os
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import llama_cpp as C
 import numpy as np
@@ -25,11 +26,15 @@ KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type ids
 FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}
 
 
-def _drop_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    return None
+_log_sink: Callable[[str], None] | None = None  # gets llama.cpp's log text; dropped when None
 
 
-_LOG_CALLBACK = C.llama_log_callback(_drop_log)  # kept referenced: C holds the pointer
+def _route_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if _log_sink is not None:
+        _log_sink(text.decode("utf-8", errors="replace"))
+
+
+_LOG_CALLBACK = C.llama_log_callback(_route_log)  # kept referenced: C holds the pointer
 _backend_ready = False
 
 
@@ -40,6 +45,31 @@ def _init_backend() -> None:
             C.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         C.llama_backend_init()
         _backend_ready = True
+
+
+@contextmanager
+def llama_log_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Send llama.cpp's log text to `sink` while inside: llama_model_quantize reports its
+    progress only there."""
+    global _log_sink
+    _init_backend()
+    C.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    _log_sink = sink
+    try:
+        yield
+    finally:
+        _log_sink = None
+        if os.environ.get("MOSS_EDGE_LLAMA_LOG"):
+            C.llama_log_set(None, ctypes.c_void_p(0))  # back to llama.cpp's own stderr logger
+
+
+def _cpu_has_amx() -> bool:
+    """llama.cpp's AMX weight layout (preferred on Xeons with AMX) crashes in llama_decode on
+    quantized qwen3vl GGUFs (Q8_0 / Q4_K_M / Q4_0, tiny and 4B alike; F16 ran). On such CPUs
+    the extra weight layouts are turned off: plain CPU kernels, correct results. ARM's and
+    AVX2's repacked layouts stay on everywhere else."""
+    _init_backend()
+    return b"AMX_INT8 = 1" in C.llama_print_system_info()
 
 
 def mrope_positions(start: int, n: int) -> np.ndarray:
@@ -54,13 +84,13 @@ class _Batch:
     n_tokens positions, too few for an M-RoPE embedding batch."""
 
     def __init__(self, n: int, positions: np.ndarray, tokens: np.ndarray | None = None,
-                 embeddings: np.ndarray | None = None, want_last_logits: bool = True):
+                 embeddings: np.ndarray | None = None, all_logits: bool = False):
         self._positions = np.ascontiguousarray(positions, dtype=np.int32)
         self._n_seq = np.ones(n, dtype=np.int32)
         self._seq0 = (C.llama_seq_id * 1)(0)
         self._seq_ptrs = (ctypes.POINTER(C.llama_seq_id) * n)(*([self._seq0] * n))
         self._logits = np.zeros(n, dtype=np.int8)
-        self._logits[-1] = 1 if want_last_logits else 0
+        self._logits[0 if all_logits else -1:] = 1
         self.struct = C.llama_batch()
         self.struct.n_tokens = n
         if tokens is not None:
@@ -97,6 +127,7 @@ class LlamaModel:
         check_gguf_header(path)
         model_params = C.llama_model_default_params()
         model_params.n_gpu_layers = gpu_layers
+        model_params.use_extra_bufts = not _cpu_has_amx()
         self.model = C.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise BundleError(f"{path}: llama.cpp could not load this GGUF (corrupt or truncated, "
@@ -172,12 +203,19 @@ class LlamaModel:
             raise RuntimeError(f"llama_decode failed with status {status}")
         self.n_past += n
 
-    def eval_tokens(self, tokens: Sequence[int]) -> None:
-        """Token batches, one position per token (llama.cpp expands them for M-RoPE)."""
+    def eval_tokens(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray | None:
+        """Token batches, one position per token (llama.cpp expands them for M-RoPE).
+        With `all_logits`, returns the logits after every token, [len(tokens), n_vocab]
+        (draft verification, teacher-forced fidelity)."""
+        collected: list[np.ndarray] = []
         for lo in range(0, len(tokens), self.n_batch):
             part = np.asarray(tokens[lo:lo + self.n_batch], dtype=np.int32)
             self._decode(_Batch(len(part), np.arange(self.n_past, self.n_past + len(part)),
-                                tokens=part), len(part))
+                                tokens=part, all_logits=all_logits), len(part))
+            if all_logits:
+                pointer = C.llama_get_logits(self.ctx)
+                collected.append(np.ctypeslib.as_array(pointer, shape=(len(part), self.n_vocab)).copy())
+        return np.concatenate(collected) if all_logits else None
 
     def eval_embeddings(self, rows: np.ndarray) -> None:
         """Embedding batches of audio rows [n, n_embd_inp]."""

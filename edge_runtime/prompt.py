@@ -18,6 +18,26 @@ SENTENCE_TIMESTAMPS = (
     "there[2.01][2.01]the weather is nice today[4.32]. Do not include any additional content "
     "such as explanations, headings, or annotations."
 )
+# No official word-level prompt is published; this asks for the sentence format per word.
+WORD_TIMESTAMPS = (
+    "Transcribe the audio into word-level timestamps using the format [xx.xx]word[yy.yy], "
+    "where xx.xx and yy.yy are timestamps with centisecond precision rounded to two decimal "
+    "places. Concatenate consecutive words without breaks. For example: [0.00]hello[0.42]"
+    "[0.42]there[0.80]. Do not include any additional content such as explanations, "
+    "headings, or annotations."
+)
+INSTRUCTIONS = {"none": TRANSCRIBE, "sentence": SENTENCE_TIMESTAMPS, "word": WORD_TIMESTAMPS}
+
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean",
+                  "fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+                  "ru": "Russian", "ar": "Arabic"}
+
+
+def with_language(instruction: str, language: str | None) -> str:
+    """MOSS-Audio has no language token: a known language is stated in the instruction."""
+    if not language:
+        return instruction
+    return f"{instruction} The speech is in {LANGUAGE_NAMES.get(language.lower(), language)}."
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ place only when complete, so a failed or interrupted export leaves no bundle beh
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,6 +17,7 @@ import torch
 from edge_runtime import __version__
 from edge_runtime.bundle import (AudioParams, Manifest, ModelInfo, TimeMarkers, TokenIds,
                                  file_entry, write_manifest)
+from edge_runtime.staging import staged_bundle_dir
 
 from .checkpoint import Checkpoint, CheckpointError, downsampled_length
 from .gguf_llm import export_llm_gguf
@@ -74,14 +73,8 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, llm_type: str
     checkpoint = Checkpoint(checkpoint_dir)
     cfg = checkpoint.config
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not empty; choose a new output directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     timings: dict[str, float] = {}
-    try:
+    with staged_bundle_dir(out) as staging:
         started = time.perf_counter()
         log(f"reading the audio encoder and adapters from {checkpoint.directory}")
         audio_side = AudioRowsModel.from_checkpoint(checkpoint)  # the LLM half is streamed
@@ -114,11 +107,5 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, llm_type: str
             created_by=f"moss-audio-edge {__version__} export",
         )
         write_manifest(staging, manifest)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log(f"bundle written to {out}")
     return out

@@ -311,6 +311,10 @@ def expected_tensor_shapes(cfg: MossAudioConfig) -> dict[str, tuple[int, ...]]:
 # Present in some checkpoints (MOSS-Music) but recomputed from the config, so never read.
 OPTIONAL_TENSORS = {"audio_encoder.embed_positions.inv_timescales"}
 
+# The tokenizer files the export reads (into the GGUF and the manifest's token ids).
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json",
+                   "chat_template.jinja")
+
 
 def _safetensors_header(path: Path) -> dict:
     """Parse a shard's header and check the file really holds all the bytes it promises."""
@@ -349,6 +353,7 @@ class Checkpoint:
         self.config_sha256 = hashlib.sha256(self.config_path.read_bytes()).hexdigest()
         self._shard_of = self._index_shards()
         self._check_tensors()
+        self._check_tokenizer_files()
 
     def _index_shards(self) -> dict[str, Path]:
         index_path = self.directory / "model.safetensors.index.json"
@@ -392,6 +397,12 @@ class Checkpoint:
             if actual != shape:
                 raise CheckpointError(
                     f"{shard.name}: tensor {name} has shape {list(actual)}, config implies {list(shape)}")
+
+    def _check_tokenizer_files(self) -> None:
+        for name in TOKENIZER_FILES:
+            if not (self.directory / name).is_file():
+                raise CheckpointError(f"{self.directory / name}: tokenizer file missing "
+                                      f"(the export needs {', '.join(TOKENIZER_FILES)})")
 
     @property
     def tensor_names(self) -> list[str]:

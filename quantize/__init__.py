@@ -1,0 +1,1 @@
+"""Float bundle -> quantized bundle with a measured fidelity report (`moss-edge quantize`)."""

@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v sox >/dev/null || need_apt+=(sox)
+# microphone capture: PortAudio, and PulseAudio (its null sink's monitor is the test microphone)
+[ -e /usr/lib/x86_64-linux-gnu/libportaudio.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libportaudio.so.2 ] \
+  || need_apt+=(libportaudio2)
+command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
+command -v paplay >/dev/null || need_apt+=(pulseaudio-utils)
+dpkg -s libasound2-plugins >/dev/null 2>&1 || need_apt+=(libasound2-plugins)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -18,5 +24,5 @@ python3 -m venv .venv
 # The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
 # llama-cpp-python compiles from source (about 10 minutes on 2 cores; pip caches the wheel).
-.venv/bin/pip install -q -e ".[export,dev]"
+.venv/bin/pip install -q -e ".[export,quantize,server,mic,dev]"
 echo "set-up done: .venv/bin/moss-edge is ready"

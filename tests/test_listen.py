@@ -1,0 +1,129 @@
+"""`moss-edge listen` as a user runs it: real PortAudio capture from a PulseAudio null sink's
+monitor (speech played into the sink with paplay), a file played at real-time pace, and an
+input device that disappears mid-stream."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import soundfile
+
+MOSS_EDGE = str(Path(sys.executable).with_name("moss-edge"))
+
+
+def _pactl(*args: str) -> str:
+    return subprocess.run(["pactl", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def pulse() -> None:
+    """A running PulseAudio server (started here when CI has none)."""
+    for tool in ("pulseaudio", "pactl", "paplay"):
+        assert shutil.which(tool), f"{tool} missing: scripts/setup.sh installs pulseaudio and pulseaudio-utils"
+    if subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
+        subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
+                        "--load=module-native-protocol-unix"], check=True, capture_output=True)
+        for _ in range(50):
+            if subprocess.run(["pactl", "info"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def sink(pulse) -> str:
+    name = f"moss_test_{uuid.uuid4().hex[:8]}"
+    module = _pactl("load-module", "module-null-sink", f"sink_name={name}")
+    yield name
+    if module in _pactl("list", "short", "modules"):
+        _pactl("unload-module", module)
+
+
+class Listener:
+    """`moss-edge listen ... --format jsonl` in the background, its lines timestamped."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.lines: list[tuple[float, dict]] = []
+        self.process = subprocess.Popen([MOSS_EDGE, "listen", *args, "--format", "jsonl"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, **(env or {})})
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append((time.monotonic(), json.loads(line)))
+
+    def wait_for(self, predicate, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, event in self.lines:
+                if predicate(event):
+                    return at
+            assert self.process.poll() is None, (self.lines, self.process.stderr.read())
+            time.sleep(0.05)
+        raise AssertionError(f"no such event within {timeout} s: {self.lines}")
+
+    def finish(self, timeout: float) -> list[dict]:
+        assert self.process.wait(timeout=timeout) == 0, self.process.stderr.read()
+        self._reader.join(timeout=5)
+        return [event for _, event in self.lines]
+
+
+def check_times(events: list[dict], duration: float) -> None:
+    spoken = [e for e in events if e["type"] in ("partial", "final")]
+    assert all(0 <= e["start"] <= e["end"] <= duration for e in spoken)
+    finals = [e for e in events if e["type"] == "final"]
+    assert finals and all(a["end"] <= b["start"] for a, b in zip(finals, finals[1:]))
+
+
+def test_listen_transcribes_speech_captured_through_portaudio(tiny_bundles, speech_wav, sink):
+    listener = Listener(str(tiny_bundles["k2"]), "--device", "pulse", "--max-seconds", "28",
+                        "--threads", "1", env={"PULSE_SOURCE": f"{sink}.monitor"})
+    listener.wait_for(lambda e: e.get("state") == "listening", timeout=60)
+    subprocess.run(["paplay", f"--device={sink}", str(speech_wav)], check=True, timeout=60)
+    playback_end = time.monotonic()
+    first_partial = listener.wait_for(lambda e: e["type"] == "partial", timeout=30)
+    events = listener.finish(timeout=120)
+    assert first_partial < playback_end  # text while the speaker is still talking
+    assert any(e.get("vad") == "speech" for e in events)
+    check_times(events, duration=28.5)
+
+
+def test_listen_flushes_the_transcript_when_the_device_vanishes(tiny_bundles, speech_wav, sink):
+    others = [line for line in _pactl("list", "short", "sources").splitlines() if sink not in line]
+    assert not others, f"other PulseAudio sources would catch the moved stream: {others}"
+    listener = Listener(str(tiny_bundles["k2"]), "--device", "pulse", "--threads", "1",
+                        env={"PULSE_SOURCE": f"{sink}.monitor"})
+    listener.wait_for(lambda e: e.get("state") == "listening", timeout=60)
+    player = subprocess.Popen(["paplay", f"--device={sink}", str(speech_wav)])
+    listener.wait_for(lambda e: e["type"] == "partial", timeout=40)
+    module = next(line.split()[0] for line in _pactl("list", "short", "modules").splitlines() if sink in line)
+    _pactl("unload-module", module)  # the microphone is gone
+    player.wait(timeout=30)
+    events = listener.finish(timeout=60)
+    stopped = [e for e in events if "stopped" in e]
+    assert stopped and "no audio" in stopped[0]["stopped"]
+    assert events.index(stopped[0]) < max(i for i, e in enumerate(events) if e["type"] == "final")
+    check_times(events, duration=30.0)
+
+
+def test_listen_file_at_realtime_pace(tiny_bundles, speech_wav):
+    started = time.monotonic()
+    listener = Listener(str(tiny_bundles["k1"]), "--input", str(speech_wav), "--realtime",
+                        "--timestamps", "none", "--threads", "1")
+    listener.wait_for(lambda e: e.get("state") == "listening", timeout=60)
+    listening = time.monotonic()
+    first_partial = listener.wait_for(lambda e: e["type"] == "partial", timeout=60)
+    events = listener.finish(timeout=120)
+    duration = soundfile.info(str(speech_wav)).duration
+    assert first_partial - listening < duration - 8.0  # text early on, not only at the end
+    assert time.monotonic() - started >= duration - 1.0  # real-time pace
+    check_times(events, duration=duration + 0.5)
