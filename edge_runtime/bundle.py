@@ -137,6 +137,7 @@ def file_entry(directory: Path, name: str, dtype: str, extra_files: tuple[str, .
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Atomically: a reader sees either no manifest or the whole of it."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; a bundle is meant to be shared
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
         f.flush()

@@ -25,7 +25,7 @@ class Block:
     samples: np.ndarray  # 16 kHz mono float32
     captured_at: float  # time.monotonic() when the last sample arrived
     dropped_samples: int = 0  # input lost before this block (queue full), at 16 kHz
-    overflow: bool = False  # the audio device reported an overflow
+    xrun: bool = False  # PortAudio reported an input overflow or underflow (samples lost)
 
 
 class StreamResampler:
@@ -124,11 +124,11 @@ def microphone_blocks(device: int | str | None = None, block_s: float = 0.1,
     native_rate = int(info["default_samplerate"])
     frames_per_block = max(1, int(block_s * native_rate))
     blocks: queue.Queue = queue.Queue(maxsize=max(2, int(queue_seconds / block_s)))
-    dropped = {"frames": 0, "overflow": False}
+    dropped = {"frames": 0, "xrun": False}
 
     def callback(indata, frames, time_info, status) -> None:  # PortAudio's thread: copy only
-        if status.input_overflow:
-            dropped["overflow"] = True
+        if status.input_overflow or status.input_underflow:
+            dropped["xrun"] = True
         try:
             blocks.put_nowait(indata.mean(axis=1, dtype=np.float32) if indata.shape[1] > 1 else indata[:, 0].copy())
         except queue.Full:
@@ -146,9 +146,9 @@ def microphone_blocks(device: int | str | None = None, block_s: float = 0.1,
                 raise DeviceLost(f"input device {info['name']!r} delivered no audio for "
                                  f"{timeout:.0f} s") from None
             timeout = stall_timeout_s
-            lost, overflow = dropped["frames"], dropped["overflow"]
-            dropped["frames"], dropped["overflow"] = 0, False
+            lost, xrun = dropped["frames"], dropped["xrun"]
+            dropped["frames"], dropped["xrun"] = 0, False
             yield Block(resampler.process(samples), time.monotonic(),
-                        dropped_samples=lost * SAMPLE_RATE // native_rate, overflow=overflow)
+                        dropped_samples=lost * SAMPLE_RATE // native_rate, xrun=xrun)
             if not stream.active:
                 raise DeviceLost(f"input device {info['name']!r} stopped")

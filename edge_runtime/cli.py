@@ -21,8 +21,10 @@ EXIT_FAILURE, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_MISSING_EXTRA = 1, 2, 3, 4
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .audio import load_audio
     from .transcribe import MossAudio
 
+    samples = load_audio(args.audio)  # bad audio is reported before the (slow) model load
     model = MossAudio(args.bundle, threads=args.threads, n_ctx=args.n_ctx, verify_hashes=args.verify)
     streamed = not args.json and sys.stdout.isatty()
     pending = bytearray()
@@ -36,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except UnicodeDecodeError:
             pass  # a multi-byte character split across tokens: wait for the rest
 
-    result = model.generate(args.audio, args.prompt, max_new_tokens=args.max_new_tokens,
+    result = model.generate(samples, args.prompt, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             seed=args.seed, system=args.system, on_token=show if streamed else None)
     if args.json:

@@ -300,9 +300,9 @@ def stream_events(model: MossAudio, blocks: Iterable[Block], config: StreamConfi
     try:
         for block in blocks:
             lag = max(0.0, time.monotonic() - block.captured_at)
-            if block.dropped_samples or block.overflow:
+            if block.dropped_samples or block.xrun:
                 yield StreamEvent("status", info={"dropped_s": block.dropped_samples / SAMPLE_RATE,
-                                                  "overflow": block.overflow})
+                                                  "xrun": block.xrun})
             if lag > config.max_lag_s:
                 yield StreamEvent("status", info={"lag_s": round(lag, 2), "readouts": "skipped"})
             yield from session.feed(block.samples, lag_s=lag)

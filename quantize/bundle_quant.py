@@ -82,7 +82,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, target: str | N
     return out
 
 
-def _gib(n: int) -> str:
+def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
@@ -100,14 +100,14 @@ def format_report(manifest: Manifest) -> str:
                          f"mean KL {t['mean_kl']:.4f}, greedy agreement {t['greedy_agreement']:.3f} "
                          f"over {r['settings']['continuation_tokens']} tokens")
     s, mem = r["sizes"], r["memory"]
-    lines.append(f"  sizes: encoder {_gib(s['quantized']['encoder_bytes'])} (was {_gib(s['source']['encoder_bytes'])}), "
-                 f"LLM {_gib(s['quantized']['llm_bytes'])} (was {_gib(s['source']['llm_bytes'])})")
-    lines.append(f"  peak resident memory loaded: {_gib(mem['peak_rss_bytes'])} "
-                 f"(was {_gib(mem['source_peak_rss_bytes'])})")
+    lines.append(f"  sizes: encoder {_size(s['quantized']['encoder_bytes'])} (was {_size(s['source']['encoder_bytes'])}), "
+                 f"LLM {_size(s['quantized']['llm_bytes'])} (was {_size(s['source']['llm_bytes'])})")
+    lines.append(f"  peak resident memory loaded: {_size(mem['peak_rss_bytes'])} "
+                 f"(was {_size(mem['source_peak_rss_bytes'])})")
     if q["encoder_recipe"].get("matrices_fp32_bytes"):
         rec = q["encoder_recipe"]
-        lines.append(f"  quantized encoder matrices: {_gib(rec['matrices_fp32_bytes'])} -> "
-                     f"{_gib(rec['matrices_quantized_bytes'])} "
+        lines.append(f"  quantized encoder matrices: {_size(rec['matrices_fp32_bytes'])} -> "
+                     f"{_size(rec['matrices_quantized_bytes'])} "
                      f"({rec['matrices_fp32_bytes'] / rec['matrices_quantized_bytes']:.2f}x smaller)")
     lines.append(f"  LLM tensor types: {q['llm_recipe']['tensor_types']} "
                  f"(token_embd {q['llm_recipe']['token_embd']}, output {q['llm_recipe']['output']})")

@@ -9,35 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, moss_edge
 
 from edge_runtime.bundle import BundleError, file_entry, load_bundle
 from edge_runtime.transcribe import MossAudio
-
-MOSS_EDGE = Path(sys.executable).with_name("moss-edge")
-
-
-def moss_edge(*args: str) -> subprocess.CompletedProcess:
-    assert MOSS_EDGE.is_file(), f"{MOSS_EDGE} missing: is the package installed in this venv?"
-    return subprocess.run([str(MOSS_EDGE), *args], capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, needles: list[str]) -> None:
-    assert result.returncode == 3, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
 
 # --- ways to break a bundle ------------------------------------------------------------------
 

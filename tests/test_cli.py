@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_helpers import assert_one_line_error, moss_edge
 
 import edge_runtime
 from edge_runtime.transcribe import MossAudio
 
-MOSS_EDGE = Path(sys.executable).with_name("moss-edge")
 PROMPT = "Transcribe the audio."
 LONG_RUN = 40  # tokens: enough for sampling to leave the greedy path reliably
 # One llama.cpp thread: on a small, busy machine its spinning thread pool can be many times
@@ -44,11 +44,6 @@ sys.meta_path.insert(0, _Blocked())
 BLOCK_EXPORT_STACK = blocking(EXPORT_STACK)
 
 
-def moss_edge(*args: str) -> subprocess.CompletedProcess:
-    assert MOSS_EDGE.is_file(), f"{MOSS_EDGE} missing: is the package installed in this venv?"
-    return subprocess.run([str(MOSS_EDGE), *args], capture_output=True, text=True, timeout=300)
-
-
 def python(code: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
@@ -64,16 +59,6 @@ def run_json(bundle: Path, audio: Path, *options: str, threads: tuple[str, ...] 
 
 def greedy_args(n: int) -> list[str]:
     return ["--max-new-tokens", str(n), "--temperature", "0"]
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, needles: list[str]) -> None:
-    assert result.returncode == 3, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -8,31 +8,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_helpers import assert_bad_input, moss_edge
 
-MOSS_EDGE = Path(sys.executable).with_name("moss-edge")
 FAST = ("--threads", "1", "--n-ctx", "2048")  # one llama.cpp thread: robust on a busy 2-core machine
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
-
-
-def moss_edge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    assert MOSS_EDGE.is_file(), f"{MOSS_EDGE} missing: is the package installed in this venv?"
-    return subprocess.run([str(MOSS_EDGE), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
-def assert_bad_input(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 3, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +43,8 @@ def test_transcribe_writes_every_format(bundle, speech_wav, tmp_path):
 
 
 def test_transcribe_prints_only_without_format(bundle, speech_wav, tmp_path):
-    result = subprocess.run([str(MOSS_EDGE), "transcribe", bundle, str(speech_wav), "--timestamps", "none",
-                             "--window-seconds", "10", "--max-new-tokens", "8", *FAST],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = moss_edge("transcribe", bundle, str(speech_wav), "--timestamps", "none",
+                       "--window-seconds", "10", "--max-new-tokens", "8", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
     assert result.stdout.splitlines()[0].startswith("[00:00:00.000 --> ")

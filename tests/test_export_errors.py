@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import moss_edge
 from safetensors.torch import load_file, save_file
 
 import export.bundle_export as bundle_export
@@ -26,15 +26,12 @@ from export.bundle_export import export_bundle
 from export.checkpoint import Checkpoint, CheckpointError, expected_tensor_shapes, parse_config
 from export.synthetic_checkpoint import PUBLISHED_4B_CONFIG, config_with
 
-MOSS_EDGE = Path(sys.executable).with_name("moss-edge")
 INDEX = "model.safetensors.index.json"
 NORM = "language_model.norm.weight"  # a small tensor (hidden_size floats) to break
 
 
 def run_export(checkpoint: Path, out: Path) -> subprocess.CompletedProcess:
-    assert MOSS_EDGE.is_file(), f"{MOSS_EDGE} missing: is the package installed in this venv?"
-    return subprocess.run([str(MOSS_EDGE), "export", str(checkpoint), str(out)],
-                          capture_output=True, text=True, timeout=300)
+    return moss_edge("export", str(checkpoint), str(out))
 
 
 def assert_bad_input(result: subprocess.CompletedProcess, needles: list[str]) -> None:

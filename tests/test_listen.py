@@ -7,16 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import soundfile
-
-MOSS_EDGE = str(Path(sys.executable).with_name("moss-edge"))
+from cli_helpers import MOSS_EDGE
 
 
 def _pactl(*args: str) -> str:
@@ -51,7 +48,7 @@ class Listener:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.lines: list[tuple[float, dict]] = []
-        self.process = subprocess.Popen([MOSS_EDGE, "listen", *args, "--format", "jsonl"],
+        self.process = subprocess.Popen([str(MOSS_EDGE), "listen", *args, "--format", "jsonl"],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -127,3 +124,19 @@ def test_listen_file_at_realtime_pace(tiny_bundles, speech_wav):
     assert first_partial - listening < duration - 8.0  # text early on, not only at the end
     assert time.monotonic() - started >= duration - 1.0  # real-time pace
     check_times(events, duration=duration + 0.5)
+
+
+def test_a_slow_consumer_loses_input_and_is_told(sink, monkeypatch):
+    """The capture callback never blocks: when the bounded queue is full, input is dropped
+    and the next block reports how much."""
+    from edge_runtime.capture import microphone_blocks
+
+    monkeypatch.setenv("PULSE_SOURCE", f"{sink}.monitor")
+    blocks = microphone_blocks("pulse", block_s=0.1, queue_seconds=0.3)
+    try:
+        next(blocks)
+        time.sleep(1.5)  # 15 blocks arrive, 3 fit
+        dropped = sum(next(blocks).dropped_samples for _ in range(5))
+    finally:
+        blocks.close()
+    assert dropped >= 0.8 * 16000

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import openai
 import pytest
+from cli_helpers import MOSS_EDGE
 from fake_generation import script_outputs
 
 from edge_runtime.server import ServerConfig, make_server
@@ -311,9 +312,6 @@ def test_a_client_leaving_a_stream_stops_its_job(model, wav, monkeypatch):
 
 
 # --- `moss-edge serve` itself --------------------------------------------------------------
-
-MOSS_EDGE = Path(sys.executable).with_name("moss-edge")
-
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -195,3 +195,18 @@ def test_model_stream_accepts_numpy_blocks_at_another_rate(model, speech):
     kinds = [e.type for e in events]
     assert "partial" in kinds and kinds.count("final") >= 1
     assert list(array_blocks([])) == []
+
+
+def test_dropped_input_and_lag_become_status_events(model):
+    import time as clock
+
+    from edge_runtime.capture import Block
+    from edge_runtime.stream import stream_events
+
+    now = clock.monotonic()
+    blocks = [Block(np.zeros(1600, np.float32), now, dropped_samples=3200),
+              Block(np.zeros(1600, np.float32), now - 5.0, xrun=True)]
+    events = [e.to_dict() for e in stream_events(model, blocks, StreamConfig(timestamps="none"))]
+    assert {"type": "status", "dropped_s": 0.2, "xrun": False} in events
+    assert any(e.get("xrun") for e in events)
+    assert any(e.get("readouts") == "skipped" and e["lag_s"] >= 5.0 for e in events)
