@@ -58,10 +58,12 @@ LLM_RUNS = 3
 def plain_dynamic_int8(source: Path, out: Path) -> Path:
     """onnxruntime's quantize_dynamic with its defaults: every quantizable op (Conv too),
     per-tensor weights, activation-by-activation MatMuls included."""
+    import onnx
     from onnxruntime.quantization import quantize_dynamic
 
     out.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(source / "encoder.onnx", out / "encoder.onnx")
+    # a model, not a path: given a path it writes a scratch copy into the input bundle
+    quantize_dynamic(onnx.load(str(source / "encoder.onnx")), out / "encoder.onnx")
     return out / "encoder.onnx"
 
 

@@ -141,6 +141,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/stream_latency.py " + " ".join(f"--bundle {b}" for b in args.bundle)
                    + f" --runs {args.runs} --timestamps {args.timestamps}"
+                   + (f" --threads {args.threads}" if args.threads else "")
                    + (f" --tokens-per-second {args.tokens_per_second}" if args.tokens_per_second else ""),
         "clip_s": round(len(clip) / SR, 1), "utterances": len(ends), "rows": rows,
     }

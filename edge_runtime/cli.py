@@ -3,7 +3,7 @@
 Exit codes: 0 success, 1 unexpected failure, 2 usage error, 3 bad input (audio, bundle,
 checkpoint), 4 missing optional dependency. `export` and `demo` need the `export` extra,
 `serve` the `server` extra; they are loaded only when asked for, so the runtime itself never
-imports torch. `transcribe`, `ask` and `serve` live in commands.py.
+imports torch. `transcribe`, `ask`, `serve` and `bench` live in commands.py.
 """
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="threads for quantizing and measuring on this machine (default: every core)")
     quantize.set_defaults(handler=_cmd_quantize)
 
-    from .commands import add_commands  # transcribe, ask, serve
+    from .commands import add_commands  # transcribe, ask, serve, bench
     add_commands(sub)
     return parser
 

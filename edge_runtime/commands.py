@@ -1,4 +1,4 @@
-"""The `transcribe`, `ask` and `serve` subcommands (cli.py registers them; exit codes as there).
+"""The `transcribe`, `ask`, `serve` and `bench` subcommands (cli.py registers them; exit codes as there).
 
 `transcribe` prints each segment as it is ready and writes the chosen formats only once a
 file is done, each atomically, so a failure leaves no partial output. With several files, a
@@ -123,6 +123,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+    from .bench import format_bench, run_bench, speechlike_signal
+
+    samples = load_audio(args.audio) if args.audio else speechlike_signal(args.seconds)
+    model = _load_model(args)
+    result = run_bench(model, samples, threads=args.threads or os.cpu_count() or 1, runs=args.runs)
+    print(json.dumps(result) if args.json else format_bench(result))
+    return EXIT_OK
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     transcribe = sub.add_parser("transcribe", help="transcribe audio files, with sentence or word timestamps")
     _model_options(transcribe)
@@ -166,3 +177,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request, queueing included")
     serve.add_argument("--window-seconds", type=float, default=30.0)
     serve.set_defaults(handler=_cmd_serve, extra="server")
+
+    bench = sub.add_parser(
+        "bench", help="measure a bundle on this device: encoder, LLM, overhead, limits, end to end",
+        description="A short benchmark of one bundle on this machine: encoder ms per 4 s chunk; LLM "
+                    "prefill and decode tokens/s through this runtime and through llama.cpp's own loop "
+                    "(their ratio is the runtime's overhead); the limits that the measured memory "
+                    "bandwidth and matrix throughput set; real-time factor and peak memory of a "
+                    "transcription with sentence timestamps. Decode lengths are fixed (random-weight "
+                    "bundles never stop). benchmarks/bench_4b.py is the full version.")
+    _model_options(bench)
+    bench.add_argument("--seconds", type=float, default=30.0,
+                       help="length of the generated clip for the end-to-end run (default 30)")
+    bench.add_argument("--audio", type=Path, default=None, help="transcribe this file instead of a generated clip")
+    bench.add_argument("--runs", type=int, default=3, help="runs per measurement; medians are reported")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_cmd_bench)
