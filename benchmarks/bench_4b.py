@@ -201,6 +201,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    load_before = os.getloadavg()[0]  # evidence that nothing else ran: ~0 on a quiet machine
     command = "python benchmarks/bench_4b.py " + " ".join(sys.argv[1:])
     if args.smoke:
         bundles = {name: Path(path) for name, path in (spec.split("=", 1) for spec in args.bundle)}
@@ -233,6 +234,7 @@ def main() -> None:
     result = {
         "machine": machine_name(), "date": datetime.date.today().isoformat(), "command": command,
         "threads": args.threads, "runs": args.runs, "smoke": args.smoke,
+        "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "versions": {"onnxruntime": onnxruntime.__version__, "llama_cpp_python": llama_cpp.__version__,
                      "llama_system_info": llama_cpp.llama_print_system_info().decode().strip()},
         "bundles": {name: {"path": str(bundles[name]), "encoder": m.encoder.dtype, "llm": m.llm.dtype,
