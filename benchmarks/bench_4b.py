@@ -199,6 +199,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def encoder_bytes(directory: Path, manifest) -> int:
+    """The encoder graph and its external data (a 4B fp32 encoder keeps its weights outside)."""
+    return sum((directory / name).stat().st_size for name in (manifest.encoder.path, *manifest.encoder.extra_files))
+
+
 def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()[0]  # evidence that nothing else ran: ~0 on a quiet machine
@@ -238,7 +243,8 @@ def main() -> None:
         "versions": {"onnxruntime": onnxruntime.__version__, "llama_cpp_python": llama_cpp.__version__,
                      "llama_system_info": llama_cpp.llama_print_system_info().decode().strip()},
         "bundles": {name: {"path": str(bundles[name]), "encoder": m.encoder.dtype, "llm": m.llm.dtype,
-                           "encoder_gib": round(m.encoder.size / 2**30, 3), "llm_gib": round(m.llm.size / 2**30, 3)}
+                           "encoder_gib": round(encoder_bytes(bundles[name], m) / 2**30, 3),
+                           "llm_gib": round(m.llm.size / 2**30, 3)}
                     for name, m in manifests.items()},
         "build": steps, "machine_limits": machine, "encoder_ms_per_chunk": encoder, "llm": llm,
         "clip": {"seconds": round(len(clip) / SR, 1), "utterances": len(ends), "reference_tokens": reference,

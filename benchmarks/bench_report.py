@@ -88,6 +88,9 @@ def markdown(result: dict) -> str:
              f"Medians of {result['runs']} runs; every row names its run.", "", *legend, "",
              f"onnxruntime {versions['onnxruntime']}, llama-cpp-python {versions['llama_cpp_python']}; "
              f"llama.cpp: `{versions['llama_system_info']}`"]
+    if "load_average_1min" in result:
+        load = result["load_average_1min"]
+        lines += ["", f"1-minute load average at the start and end of the run: {load['start']} / {load['end']}."]
     if result["build"]:
         lines += ["", "## Build (each step in its own process)", "", *_table(
             ["step", "wall s", "peak RSS GiB", "run"],

@@ -18,6 +18,17 @@ MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "moss-audio-edge-bundle"
 FORMAT_VERSION = 1
 SUPPORTED_MODEL_TYPES = ("moss_audio", "moss_music")
+# Bundles shipped inside the package, usable by name wherever a bundle directory is asked for.
+EMBEDDED_BUNDLES = {"nano": Path(__file__).parent / "models" / "nano"}
+BUNDLE_HELP = "bundle directory, or `nano` for the embedded nano model"
+
+
+def bundle_path(name_or_dir: str | Path) -> Path:
+    """A bundle directory, or the name of an embedded bundle when no such directory exists."""
+    path = Path(name_or_dir)
+    if not path.exists() and str(name_or_dir) in EMBEDDED_BUNDLES:
+        return EMBEDDED_BUNDLES[str(name_or_dir)]
+    return path
 
 
 class BundleError(ValueError):
@@ -177,7 +188,7 @@ def _check_file(directory: Path, entry: FileEntry, what: str, verify_hashes: boo
 def load_bundle(directory: str | Path, verify_hashes: bool = False) -> Bundle:
     """Read and validate a bundle. Sizes are always checked; hashes when asked (they cost a
     full read of multi-GB files)."""
-    root = Path(directory)
+    root = bundle_path(directory)
     manifest_path = root / MANIFEST_NAME
     if not root.is_dir():
         raise BundleError(f"{root}: bundle directory not found")

@@ -109,6 +109,18 @@ class DeviceLost(RuntimeError):
     """The input device stopped delivering audio (unplugged, or its stream died)."""
 
 
+def default_microphone() -> str | None:
+    """The default input device's name, or None when there is none (or no PortAudio)."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError):  # OSError: the PortAudio library itself is missing
+        return None
+    try:
+        return str(sd.query_devices(None, kind="input")["name"])
+    except (ValueError, sd.PortAudioError):
+        return None
+
+
 def microphone_blocks(device: int | str | None = None, block_s: float = 0.1,
                       queue_seconds: float = 30.0, stall_timeout_s: float = 2.0,
                       startup_timeout_s: float = 10.0) -> Iterator[Block]:

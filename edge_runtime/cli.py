@@ -15,7 +15,7 @@ from typing import Sequence
 
 from . import __version__
 from .audio import AudioError
-from .bundle import BundleError
+from .bundle import BUNDLE_HELP, BundleError, bundle_path
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_MISSING_EXTRA = 1, 2, 3, 4
 
@@ -139,7 +139,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from export.demo import run_demo  # needs the `export` extra
 
-    return run_demo(cache_dir=args.cache_dir, threads=args.threads)
+    status = run_demo(cache_dir=args.cache_dir, threads=args.threads)
+    if status or args.mic is None:
+        return status
+    from .capture import default_microphone
+
+    name = default_microphone()
+    if name is None:
+        print("4. no microphone found (PortAudio lists no input device); skipping the live part")
+        return 0
+    print(f"4. live from {name!r} for {args.mic:.0f} s (Ctrl-C stops); say a command or some digits")
+    live = argparse.Namespace(bundle=bundle_path("nano"), device=None, input=None, realtime=False,
+                              timestamps="sentence", format="text", max_seconds=args.mic, threads=args.threads)
+    return _cmd_listen(live)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -154,7 +166,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     out = quantize_bundle(args.bundle, args.out, target=args.target, encoder=args.encoder, llm=args.llm,
                           int8_layout=args.int8_layout, device=args.device,
                           runtime_threads=args.runtime_threads, gpu_layers=args.gpu_layers, threads=args.threads,
-                          log=lambda line: print(line, file=sys.stderr))
+                          log=lambda line: print(line, file=sys.stderr), embedding_type=args.token_embedding_type)
     print(format_report(load_bundle(out).manifest))
     return 0
 
@@ -165,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a bundle on one audio file with one prompt")
-    run.add_argument("bundle", type=Path)
+    run.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
     run.add_argument("--audio", required=True, type=Path)
     run.add_argument("--prompt", default="Transcribe the audio.")
     run.add_argument("--system", default=None, help="system message (default: the bundle's)")
@@ -181,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     listen = sub.add_parser("listen", help="live transcription from a microphone or a file")
-    listen.add_argument("bundle", type=Path)
+    listen.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
     source = listen.add_mutually_exclusive_group()
     source.add_argument("--device", default=None, help="input device name or index (default: system default)")
     source.add_argument("--input", type=Path, default=None, help="an audio file as the live source")
@@ -193,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.set_defaults(handler=_cmd_listen, extra="mic")
 
     info = sub.add_parser("info", help="print a bundle's manifest")
-    info.add_argument("bundle", type=Path)
+    info.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
     info.add_argument("--verify", action="store_true")
     info.set_defaults(handler=_cmd_info)
 
@@ -204,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--llm-type", choices=["F32", "F16"], default="F16")
     export.set_defaults(handler=_cmd_export)
 
-    demo = sub.add_parser("demo", help="build the embedded tiny model and run it on generated speech")
+    demo = sub.add_parser("demo", help="the embedded nano model on generated speech: a timestamped transcript")
     demo.add_argument("--cache-dir", type=Path, default=None)
     demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--mic", type=float, nargs="?", const=30.0, default=None, metavar="SECONDS",
+                      help="then listen to the default microphone, when there is one (default 30 s)")
     demo.set_defaults(handler=_cmd_demo)
 
     # choices spelled out: the runtime must not import quantize (tests hold them equal)
@@ -216,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "defined in quantize/presets.py) picks the types, the runtime device and thread "
                     "defaults; every other option overrides it. The output manifest records what was "
                     "done and the measured fidelity, which is also printed.")
-    quantize.add_argument("bundle", type=Path)
+    quantize.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
     quantize.add_argument("out", type=Path, help="new directory for the quantized bundle")
     quantize.add_argument("--target", choices=["pi5", "jetson", "apple", "x86"], default=None,
                           help="device preset (default: int8 + Q4_K_M for a machine like this one)")
@@ -224,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="encoder weights (default: the preset's)")
     quantize.add_argument("--llm", choices=["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"], default=None,
                           help="GGUF type, as llama.cpp's quantize presets (default: the preset's)")
+    quantize.add_argument("--token-embedding-type", choices=["F16", "Q8_0", "Q5_0", "Q4_0"], default=None,
+                          help="type of the token embedding (default: llama.cpp's choice for --llm)")
     quantize.add_argument("--int8-layout", choices=["arm64", "vnni", "avx2"], default=None,
                           help="int8 weight layout for the CPU that runs it (avx2: 7-bit weights)")
     quantize.add_argument("--device", default=None,

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 from .audio import AudioError
+from .bundle import BUNDLE_HELP, bundle_path
 from .formats import FORMATS, clock, write_transcript
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 3
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, tensorrt or metal (default: auto)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n-ctx", type=int, default=8192, help="LLM context in tokens")

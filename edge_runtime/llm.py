@@ -64,12 +64,55 @@ def llama_log_to(sink: Callable[[str], None]) -> Iterator[None]:
 
 
 def _cpu_has_amx() -> bool:
-    """llama.cpp's AMX weight layout (preferred on Xeons with AMX) crashes in llama_decode on
-    quantized qwen3vl GGUFs (Q8_0 / Q4_K_M / Q4_0, tiny and 4B alike; F16 ran). On such CPUs
-    the extra weight layouts are turned off: plain CPU kernels, correct results. ARM's and
-    AVX2's repacked layouts stay on everywhere else."""
     _init_backend()
     return b"AMX_INT8 = 1" in C.llama_print_system_info()
+
+
+_extra_layouts_ok: bool | None = None  # decided once per process
+
+
+def _cpu_extra_layouts_usable() -> bool:
+    """Whether llama.cpp may place weights in the CPU's extra (repacked) layouts.
+
+    On CPUs with AMX the CPU device offers [AMX, CPU_REPACK], AMX first. This build's AMX
+    matmul segfaults in llama_decode on quantized weights (gcc drops the stores that fill its
+    tile configuration; llama.cpp PR #26954), so AMX is removed from that list (a static
+    NULL-terminated array in libggml-cpu, read when a model loads), which keeps CPU_REPACK's
+    AVX2/AVX512 layouts. If the list is not what this expects, no extra layout is used:
+    plain CPU kernels, slower but correct."""
+    global _extra_layouts_ok
+    if _extra_layouts_ok is None:
+        _extra_layouts_ok = not _cpu_has_amx() or _drop_amx_layout()
+    return _extra_layouts_ok
+
+
+def _drop_amx_layout() -> bool:
+    from llama_cpp._ggml import libggml as ggml  # resolves libggml-base's symbols too
+
+    void_p = ctypes.c_void_p
+    ggml.ggml_backend_dev_by_type.argtypes, ggml.ggml_backend_dev_by_type.restype = [ctypes.c_int], void_p
+    ggml.ggml_backend_dev_backend_reg.argtypes, ggml.ggml_backend_dev_backend_reg.restype = [void_p], void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [void_p, ctypes.c_char_p]
+    ggml.ggml_backend_reg_get_proc_address.restype = void_p
+    ggml.ggml_backend_buft_name.argtypes, ggml.ggml_backend_buft_name.restype = [void_p], ctypes.c_char_p
+    cpu = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    address = cpu and ggml.ggml_backend_reg_get_proc_address(ggml.ggml_backend_dev_backend_reg(cpu),
+                                                               b"ggml_backend_dev_get_extra_bufts")
+    if not address:
+        return False
+    layouts = ctypes.CFUNCTYPE(ctypes.POINTER(void_p), void_p)(address)(cpu)
+    entries = []
+    while layouts[len(entries)]:
+        entries.append(layouts[len(entries)])
+    names = [ggml.ggml_backend_buft_name(e) for e in entries]
+    if b"AMX" not in names:
+        return True
+    if names[0] != b"AMX":
+        return False
+    kept = entries[1:]
+    for i in range(len(entries)):
+        layouts[i] = kept[i] if i < len(kept) else None
+    return [ggml.ggml_backend_buft_name(layouts[i]) for i in range(len(kept))] == names[1:]
 
 
 def mrope_positions(start: int, n: int) -> np.ndarray:
@@ -127,7 +170,7 @@ class LlamaModel:
         check_gguf_header(path)
         model_params = C.llama_model_default_params()
         model_params.n_gpu_layers = gpu_layers
-        model_params.use_extra_bufts = not _cpu_has_amx()
+        model_params.use_extra_bufts = _cpu_extra_layouts_usable()
         self.model = C.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise BundleError(f"{path}: llama.cpp could not load this GGUF (corrupt or truncated, "

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Callable, Generator, Iterator
 
 import numpy as np
 
@@ -17,9 +17,12 @@ from .device import DevicePlan, resolve_device
 from .encoder import AudioEncoder
 from .features import SAMPLE_RATE, log_mel_spectrogram
 from .llm import LlamaModel, generate
-from .prompt import INSTRUCTIONS, Audio, Piece, Tokens, build_prompt, flat_ids, with_language
+from .prompt import INSTRUCTIONS, Piece, Tokens, build_prompt, flat_ids, with_language
 from .timestamps import Segment, parse_output, shift
 from .windows import Window, plan_windows
+
+if TYPE_CHECKING:  # stream.py imports this module
+    from .stream import StreamEvent
 
 GGUF_MODEL_TYPE_KEY = "moss_audio_edge.model_type"
 TIMESTAMP_MODES = tuple(INSTRUCTIONS)

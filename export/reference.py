@@ -47,9 +47,7 @@ class EncoderAttention(nn.Module):
         b, t, d = x.shape
         split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        out = scores.softmax(-1) @ v
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -147,19 +145,18 @@ class Qwen3Attention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        t = x.shape[0]
+        """x [..., t, hidden]: one sequence, or a batch of right-padded ones (training)."""
+        *lead, t, _ = x.shape
         c = self.cfg
-        q = self.q_norm(self.q_proj(x).view(t, c.num_attention_heads, c.head_dim)).transpose(0, 1)
-        k = self.k_norm(self.k_proj(x).view(t, c.num_key_value_heads, c.head_dim)).transpose(0, 1)
-        v = self.v_proj(x).view(t, c.num_key_value_heads, c.head_dim).transpose(0, 1)
+        q = self.q_norm(self.q_proj(x).view(*lead, t, c.num_attention_heads, c.head_dim)).transpose(-2, -3)
+        k = self.k_norm(self.k_proj(x).view(*lead, t, c.num_key_value_heads, c.head_dim)).transpose(-2, -3)
+        v = self.v_proj(x).view(*lead, t, c.num_key_value_heads, c.head_dim).transpose(-2, -3)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         groups = c.num_attention_heads // c.num_key_value_heads
-        k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(c.head_dim)
-        causal = torch.ones(t, t, dtype=torch.bool).tril()
-        out = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
-        return self.o_proj(out.transpose(0, 1).reshape(t, -1))
+        k, v = k.repeat_interleave(groups, -3), v.repeat_interleave(groups, -3)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(-2, -3).reshape(*lead, t, -1))
 
 
 class Qwen3MLP(nn.Module):
@@ -279,7 +276,7 @@ class MossAudioReference(AudioRowsModel):
             x[is_audio] = audio_rows[:, :hidden]
             deepstack = [audio_rows[:, hidden * (k + 1): hidden * (k + 2)] for k in range(self.cfg.num_deepstack)]
         if positions is None:
-            positions = torch.arange(input_ids.shape[0])
+            positions = torch.arange(input_ids.shape[-1])
         cos, sin = lm.rope(positions)
         for i, layer in enumerate(lm.layers):
             x = layer(x, cos, sin)

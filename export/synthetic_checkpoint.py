@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
@@ -85,8 +85,18 @@ def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, logi
 def write_random_checkpoint(out_dir: str | Path, config: dict[str, Any], seed: int = 0,
                             n_shards: int = 3, logit_scale: float = 4.0,
                             tokenizer_cache: Path | None = None) -> Path:
+    """A checkpoint whose weights are random (see `_random_tensor`)."""
+    gen = torch.Generator().manual_seed(seed)
+    return write_checkpoint(out_dir, config, lambda name, shape: _random_tensor(name, shape, gen, logit_scale),
+                            n_shards, tokenizer_cache)
+
+
+def write_checkpoint(out_dir: str | Path, config: dict[str, Any],
+                     tensor: Callable[[str, tuple[int, ...]], torch.Tensor], n_shards: int = 3,
+                     tokenizer_cache: Path | None = None) -> Path:
     """Write config, processor/generation configs, tokenizer files and `n_shards` bf16
-    safetensors shards with an index. Shards are generated one at a time."""
+    safetensors shards with an index; `tensor(name, shape)` gives each weight, and shards are
+    made one at a time so a 4B checkpoint never sits in memory whole."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = parse_config(config, PUBLISHED_PROCESSOR_CONFIG)
@@ -101,12 +111,11 @@ def write_random_checkpoint(out_dir: str | Path, config: dict[str, Any], seed: i
             groups.append([])
         groups[-1].append(name)
         filled += size
-    gen = torch.Generator().manual_seed(seed)
     weight_map: dict[str, str] = {}
     total_bytes = 0
     for i, group in enumerate(groups, start=1):
         shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {n: _random_tensor(n, shapes[n], gen, logit_scale).to(torch.bfloat16) for n in group}
+        tensors = {n: tensor(n, shapes[n]).to(torch.bfloat16).contiguous() for n in group}
         save_file(tensors, str(out / shard), metadata={"format": "pt"})
         total_bytes += sum(t.numel() * 2 for t in tensors.values())
         weight_map.update({n: shard for n in group})

@@ -38,10 +38,12 @@ def check_source(source: Bundle, out: Path) -> None:
 def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, target: str | None = None,
                     encoder: str | None = None, llm: str | None = None, int8_layout: str | None = None,
                     device: str | None = None, runtime_threads: int | None = None,
-                    gpu_layers: int | None = None, threads: int | None = None, log: Log = print) -> Path:
+                    gpu_layers: int | None = None, threads: int | None = None, log: Log = print,
+                    embedding_type: str | None = None) -> Path:
     """Quantize the bundle at `bundle_dir` into the new directory `out_dir`. `target` picks a
     preset (quantize.presets.PRESETS); the arguments before `threads` override its fields.
-    `threads` is for this machine's work (quantizing, measuring), not the bundle's runtime."""
+    `threads` is for this machine's work (quantizing, measuring), not the bundle's runtime;
+    `embedding_type` overrides the token embedding's type (llama.cpp picks it otherwise)."""
     source = load_bundle(bundle_dir, verify_hashes=True)  # the report is about these exact files
     out = Path(out_dir)
     check_source(source, out)
@@ -56,7 +58,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, target: str | N
             encoder_files = quantize_encoder(source.directory, [m.encoder.path, *m.encoder.extra_files],
                                              staging, preset.encoder, INT8_LAYOUTS[preset.int8_layout])
         with step(log, f"LLM {m.llm.dtype} -> {preset.llm}", timings, "llm_s") as count:
-            llm_types = quantize_gguf(source.llm_path, staging / m.llm.path, preset.llm, threads, count)
+            llm_types = quantize_gguf(source.llm_path, staging / m.llm.path, preset.llm, threads, count,
+                                      embedding_type)
         recipe = encoder_files.recipe | ({"layout": preset.int8_layout} if preset.encoder == "int8" else {})
         quantization: dict[str, Any] = {
             "encoder": preset.encoder, "llm": preset.llm, "target": target,

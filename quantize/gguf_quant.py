@@ -28,6 +28,9 @@ LLAMA_FTYPES = {
     "Q4_K_M": C.LLAMA_FTYPE_MOSTLY_Q4_K_M,
     "Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0,
 }
+# `--token-embedding-type`, as llama-quantize's option of that name: with tied embeddings
+# the presets keep the embedding at output precision, which dominates a tiny model's size.
+EMBEDDING_TYPES = ("F16", "Q8_0", "Q5_0", "Q4_0")
 SOURCE_TYPES = ("F32", "F16", "BF16")  # llama.cpp quantizes from float only
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")  # "[  12/ 399] blk.0.attn_q.weight - ..."
 
@@ -41,12 +44,14 @@ def tensor_types(path: Path) -> dict[str, Any]:
     data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
     return {"tensor_types": dict(sorted(counts.items())),
             "token_embd": by_name["token_embd.weight"].tensor_type.name,
-            "output": by_name["output.weight"].tensor_type.name,
+            # tied embeddings (the nano model): the output layer is the token embedding
+            "output": by_name.get("output.weight", by_name["token_embd.weight"]).tensor_type.name,
             "bits_per_weight": round(8 * data_bytes / weights, 3)}
 
 
 def quantize_gguf(source: Path, out: Path, llm_type: str, threads: int | None = None,
-                  count: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                  count: Callable[[int, int], None] | None = None,
+                  embedding_type: str | None = None) -> dict[str, Any]:
     """Write `source` (an F32/F16/BF16 GGUF) as `out` at `llm_type`; returns its tensor types.
     `count(done, total)` follows the tensors as llama.cpp writes them."""
     if llm_type not in LLAMA_FTYPES:
@@ -55,6 +60,10 @@ def quantize_gguf(source: Path, out: Path, llm_type: str, threads: int | None = 
     params = C.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[llm_type]
     params.nthread = threads or 0  # 0: every core
+    if embedding_type is not None:
+        if embedding_type not in EMBEDDING_TYPES:
+            raise ValueError(f"token embedding type {embedding_type!r} not one of {', '.join(EMBEDDING_TYPES)}")
+        params.token_embedding_type = int(gguf.GGMLQuantizationType[embedding_type])
 
     def on_log(text: str) -> None:
         if os.environ.get("MOSS_EDGE_LLAMA_LOG"):

@@ -140,3 +140,38 @@ def test_a_slow_consumer_loses_input_and_is_told(sink, monkeypatch):
     finally:
         blocks.close()
     assert dropped >= 0.8 * 16000
+
+
+def test_readme_demo_listens_to_the_microphone_with_the_nano_model(sink, tmp_path):
+    """`moss-edge demo --mic`: the generated clip, then the default microphone (here the null
+    sink's monitor) hears commands played into it, and the nano model writes them down."""
+    from edge_runtime.bundle import load_bundle
+    from export.nano import corpus
+
+    voice = corpus.Voice("en-us", corpus.split_variants().held_out_variants[2], corpus.HELD_OUT_SPEEDS[2], 60)
+    texts = ["call my sister", "dial four two seven one", "open the garage door"]
+    utterances = [corpus.Utterance(t, voice, corpus.to_int16(corpus.synthesize(t, voice))) for t in texts]
+    clip = corpus.place(utterances, [0.5, 2.8, 5.6], tail_s=1.0)
+    wav = tmp_path / "commands.wav"
+    soundfile.write(wav, clip.audio, 16000)
+    demo = subprocess.Popen([str(MOSS_EDGE), "demo", "--cache-dir", str(tmp_path), "--mic", "14", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PULSE_SOURCE": f"{sink}.monitor"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("4. live from") for line in lines):
+        assert demo.poll() is None and time.monotonic() < deadline, ("".join(lines), demo.stderr.read())
+        time.sleep(0.1)
+    time.sleep(1.0)
+    subprocess.run(["paplay", f"--device={sink}", str(wav)], check=True, timeout=60)
+    assert demo.wait(timeout=120) == 0, demo.stderr.read()
+    reader.join(timeout=5)
+    live = "".join(lines).split("4. live from", 1)[1]
+    finals = [row.split("\r")[-1] for row in live.splitlines()[1:]]  # partials are overwritten in place
+    heard = corpus.words(" ".join(row.split("]", 1)[-1] for row in finals))
+    truth = corpus.words(" ".join(texts))
+    card = next(r for r in load_bundle("nano").manifest.model_card["quality"]["rows"]
+                if r["bundle"] == "embedded `nano` bundle" and r["set"] == "clean")
+    assert heard and corpus.word_errors(truth, heard) / len(truth) <= card["wer"] + 0.25, live  # 8 words: coarse

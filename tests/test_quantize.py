@@ -30,6 +30,7 @@ from export.bundle_export import export_bundle
 from export.synthetic_checkpoint import config_with, write_random_checkpoint
 from quantize.bundle_quant import quantize_bundle
 from quantize.fidelity import CONTINUATION_TOKENS, probe_signals
+from quantize.gguf_quant import EMBEDDING_TYPES
 from quantize.presets import ENCODER_TYPES, INT8_LAYOUTS, LLM_TYPES, PRESETS, resolve
 
 THREADS = 2
@@ -214,6 +215,19 @@ def test_q4_k_m_on_256_wide_rows_uses_k_quants(tmp_path: Path, speech: np.ndarra
     assert len(result.token_ids) >= 1
 
 
+def test_token_embedding_type_overrides_the_preset(source: Path, tmp_path: Path, speech: np.ndarray):
+    assert load_bundle(source).manifest.llm.dtype == "F32"
+    out = quantize_bundle(source, tmp_path / "q8-embd-q4", encoder="fp32", llm="Q8_0", embedding_type="Q4_0",
+                          threads=THREADS, log=quiet)
+    recipe = load_bundle(out).manifest.quantization["llm_recipe"]
+    assert recipe["token_embd"] == "Q4_0" and recipe["tensor_types"]["Q8_0"] > 0
+    result = MossAudio(out, threads=THREADS, n_ctx=512).generate(speech[: 4 * SAMPLE_RATE], "Transcribe the audio.",
+                                                                 max_new_tokens=4)
+    assert len(result.token_ids) >= 1
+    with pytest.raises(ValueError, match="token embedding type"):
+        quantize_bundle(source, tmp_path / "bad", encoder="fp32", llm="Q8_0", embedding_type="Q2_K", log=quiet)
+
+
 # --- refusals, interruption, the command line -----------------------------------------------
 
 def test_interrupted_run_leaves_nothing(source: Path, tmp_path: Path, monkeypatch):
@@ -251,7 +265,7 @@ def test_cli_choices_match_the_quantize_package():
     quantize = commands.choices["quantize"]
     choices = {a.dest: a.choices for a in quantize._actions if a.choices}
     assert choices == {"target": list(PRESETS), "encoder": list(ENCODER_TYPES), "llm": list(LLM_TYPES),
-                       "int8_layout": list(INT8_LAYOUTS)}
+                       "int8_layout": list(INT8_LAYOUTS), "token_embedding_type": list(EMBEDDING_TYPES)}
 
 
 def test_cli_target_preset_and_runtime_commands(source: Path, tmp_path: Path, speech_wav: Path, capsys):

@@ -1,0 +1,339 @@
+"""Train the nano MOSS-Audio from scratch on synthesised command speech.
+
+The model is `export.reference.MossAudioReference` itself (the module the export traces and
+the parity tests trust) with a small config; the result is saved as compact weights
+(export/nano/weights.py) that rebuild a checkpoint in the published layout, so the ordinary
+exporter turns it into a bundle (export/nano/release.py).
+
+Only the few hundred token ids the prompts and answers use are trained. Every other row of
+the tied embedding stays exactly zero, so its logit is exactly 0, and the loss adds those
+(vocab - used) zero logits to the softmax's normaliser: the training loss is the true
+full-vocabulary cross-entropy of the exported model, at a fraction of the cost.
+
+    python -m export.nano.train --work-dir /tmp/nano --steps 9000
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from edge_runtime import features
+from edge_runtime.prompt import SENTENCE_TIMESTAMPS, TRANSCRIBE
+
+from ..checkpoint import parse_config
+from ..reference import MossAudioReference, downsampled_lengths, prompt_ids
+from ..synthetic_checkpoint import PUBLISHED_PROCESSOR_CONFIG, config_with
+from ..synthetic_tokenizer import write_tokenizer_files
+from . import corpus
+from .weights import save_compact
+
+NANO_CONFIG = config_with(
+    audio=dict(d_model=192, output_dim=192, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=768,
+               downsample_hidden_size=32, deepstack_encoder_layer_indexes=[1, 2]),
+    language=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32),
+    adapter_hidden_size=384, deepstack_num_inject_layers=2, tie_word_embeddings=True)
+INSTRUCTIONS = (TRANSCRIBE, SENTENCE_TIMESTAMPS)
+IM_END = 151645
+MAX_CLIP_SECONDS = 20.0
+CTC_WEIGHT = 1.0
+
+
+@dataclass
+class Batch:
+    chunks: torch.Tensor  # [n, n_mels, chunk_frames], every clip's chunks in order
+    lengths: torch.Tensor  # [n] valid frames per chunk
+    ids: torch.Tensor  # [B, T] prompt + answer, right-padded
+    labels: torch.Tensor  # [B, T] answer ids where predicted, -100 elsewhere
+    ctc_targets: torch.Tensor  # every clip's transcript ids, concatenated
+    ctc_lengths: torch.Tensor  # [B]
+    rows_per_clip: torch.Tensor  # [B] encoder rows of each clip
+
+
+class Vocabulary:
+    """The used token ids <-> compact training ids."""
+
+    def __init__(self, ids: set[int]):
+        self.ids = sorted(ids)
+        self.index = {t: i for i, t in enumerate(self.ids)}
+
+    def compact(self, ids: list[int]) -> list[int]:
+        return [self.index[t] for t in ids]
+
+
+def collect_vocabulary(encode, processor_ids: tuple[int, int, int], seed: int) -> Vocabulary:
+    """Every id a training sequence can hold: prompts, markers, answers for many sentences."""
+    rng = random.Random(seed)
+    ids: set[int] = {IM_END, 151643, *processor_ids}
+    for instruction in INSTRUCTIONS:
+        ids.update(prompt_ids(25 * 12, encode, instruction, processor_ids))
+    for _ in range(20000):
+        text = corpus.random_sentence(rng)
+        start, end = rng.uniform(0, 19), rng.uniform(0, 20)
+        clip = corpus.Clip(np.zeros(0, np.float32), [corpus.Sentence(start, end, text)] * 2, None)
+        ids.update(encode(clip.transcript))
+        ids.update(encode(clip.timestamped))
+    return Vocabulary(ids)
+
+
+def torch_log_mel(audio: np.ndarray, filters: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """features.log_mel_spectrogram in torch (float32): [n_mels, len(audio) // hop]."""
+    x = torch.from_numpy(audio.astype(np.float32))
+    n_frames = len(audio) // features.HOP_LENGTH
+    spec = torch.stft(x, features.N_FFT, features.HOP_LENGTH, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)[:, :n_frames]
+    mel = filters @ spec.abs().pow(2)
+    log_mel = mel.clamp_min(features.MEL_FLOOR).log10()
+    return (torch.maximum(log_mel, log_mel.max() - features.DYNAMIC_RANGE) + 4.0) / 4.0
+
+
+def spec_augment(mel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Two frequency and two time masks, filled with the clip's floor value."""
+    mel = mel.clone()
+    floor = mel.min()
+    for _ in range(2):
+        width = int(rng.integers(0, 13))
+        start = int(rng.integers(0, mel.shape[0] - width + 1))
+        mel[start:start + width] = floor
+        width = int(rng.integers(0, min(16, mel.shape[1] // 8) + 1))
+        start = int(rng.integers(0, mel.shape[1] - width + 1))
+        mel[:, start:start + width] = floor
+    return mel
+
+
+class Trainer:
+    def __init__(self, work_dir: Path, seed: int, batch_size: int, steps: int, lr: float):
+        self.work_dir = work_dir
+        self.batch_size, self.steps, self.lr = batch_size, steps, lr
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        tokenizer_dir = work_dir / "tokenizer"
+        write_tokenizer_files(tokenizer_dir, cache_dir=work_dir / "tokenizer-cache")
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+        full = parse_config(NANO_CONFIG, PUBLISHED_PROCESSOR_CONFIG)
+        p = full.processor
+        self.processor_ids = (p.audio_token_id, p.audio_start_id, p.audio_end_id)
+        self.vocab = collect_vocabulary(self.encode, self.processor_ids, seed)
+        self.full_config = full
+        # The trained module: the real architecture with the compact vocabulary.
+        compact = dataclasses.replace(
+            full, language=dataclasses.replace(full.language, vocab_size=len(self.vocab.ids)),
+            processor=dataclasses.replace(p, audio_token_id=self.vocab.index[p.audio_token_id]))
+        self.model = MossAudioReference(compact)
+        nn_init(self.model)
+        self.unused_log_count = math.log(full.language.vocab_size - len(self.vocab.ids))
+        self.filters = torch.from_numpy(features.mel_filters().astype(np.float32))
+        self.window = torch.from_numpy(features.hann_window().astype(np.float32))
+        self.bank: list[list[corpus.Utterance]] = []
+        # Training-only head (not exported): CTC on the adapter's rows makes the encoder
+        # learn the words early instead of the LLM learning only which commands are likely.
+        self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.ids) + 1)
+        self.trained_parameters = [*self.model.parameters(), *self.ctc_head.parameters()]
+        self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+        self.step = 0
+
+    # --- data ----------------------------------------------------------------------------
+
+    def load_or_build_bank(self, n_voices: int, sentences_per_voice: int, seed: int) -> None:
+        path = self.work_dir / f"bank-{n_voices}x{sentences_per_voice}-{seed}.npz"
+        if not path.exists():
+            split = corpus.split_variants()
+            started = time.perf_counter()
+            bank = corpus.build_bank(n_voices, sentences_per_voice, split.train_variants, corpus.TRAIN_SPEEDS, seed)
+            corpus.save_bank(bank, path)
+            print(f"synthesised {n_voices * sentences_per_voice} utterances in {time.perf_counter() - started:.0f} s",
+                  flush=True)
+        self.bank = corpus.load_bank(path)
+
+    def check_front_end(self) -> float:
+        """The torch log-mel must be the runtime's (float32 rounding only)."""
+        clip = corpus.compose_clip(self.bank[0], np.random.default_rng(0), 8.0, augment=1.0)
+        want = features.log_mel_spectrogram(clip.audio)
+        got = torch_log_mel(clip.audio, self.filters, self.window).numpy()
+        error = float(np.abs(got - want).max())
+        if got.shape != want.shape or error > 1e-3:
+            raise RuntimeError(f"training front end differs from the runtime's: {got.shape} vs {want.shape}, {error}")
+        return error
+
+    def max_clip_seconds(self, step: int) -> float:
+        """Length curriculum: one or two commands (<= 4 s) at first, up to 20 s clips by 40%
+        of training, so the words are learned before long alignments are asked for."""
+        return min(MAX_CLIP_SECONDS, 4.0 + (MAX_CLIP_SECONDS - 4.0) * step / (0.4 * self.steps))
+
+    def augment_strength(self, step: int) -> float:
+        """Clean speech first; echo and noise reach full strength by 30% of training."""
+        return min(1.0, step / (0.3 * self.steps))
+
+    def batch(self, step: int) -> Batch:
+        chunks, lengths, sequences, ctc_targets, rows_per_clip = [], [], [], [], []
+        for _ in range(self.batch_size):
+            group = self.bank[int(self.rng.integers(len(self.bank)))]
+            clip = corpus.compose_clip(group, self.rng, self.max_clip_seconds(step),
+                                       augment=self.augment_strength(step))
+            mel = spec_augment(torch_log_mel(clip.audio, self.filters, self.window), self.rng)
+            n_rows = 0
+            for piece in mel.split(features_chunk_frames(), dim=1):
+                chunks.append(F.pad(piece, (0, features_chunk_frames() - piece.shape[1])))
+                lengths.append(piece.shape[1])
+                n_rows += int(downsampled_lengths(torch.tensor([piece.shape[1]]))[0])
+            timestamps = self.rng.random() < 0.5
+            instruction = SENTENCE_TIMESTAMPS if timestamps else TRANSCRIBE
+            prompt = prompt_ids(n_rows, self.encode, instruction, self.processor_ids)
+            answer = self.encode(clip.timestamped if timestamps else clip.transcript) + [IM_END]
+            sequences.append((self.vocab.compact(prompt), self.vocab.compact(answer)))
+            ctc_targets.append(self.vocab.compact(self.encode(clip.transcript)))
+            rows_per_clip.append(n_rows)
+        width = max(len(p) + len(a) for p, a in sequences)
+        pad = self.vocab.index[IM_END]
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        labels = torch.full((len(sequences), width), -100, dtype=torch.long)
+        for b, (prompt, answer) in enumerate(sequences):
+            ids[b, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            labels[b, len(prompt): len(prompt) + len(answer)] = torch.tensor(answer)
+        return Batch(torch.stack(chunks), torch.tensor(lengths), ids, labels,
+                     torch.tensor([t for target in ctc_targets for t in target]),
+                     torch.tensor([len(t) for t in ctc_targets]), torch.tensor(rows_per_clip))
+
+    # --- optimisation --------------------------------------------------------------------
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer cross-entropy, CTC of the transcript on the rows the LLM receives)."""
+        rows = self.model.audio_rows(batch.chunks, batch.lengths)
+        valid = downsampled_lengths(batch.lengths)
+        rows = torch.cat([rows[i, : int(valid[i])] for i in range(len(batch.chunks))])  # sample-major order
+        hidden = self.model.hidden_states(batch.ids, rows)
+        predicted = batch.labels[:, 1:] != -100
+        h = hidden[:, :-1][predicted]
+        logits = h @ self.model.output_weight().T
+        unused = torch.full((len(h), 1), self.unused_log_count)  # (vocab - used) logits of exactly 0
+        answer = F.cross_entropy(torch.cat([logits, unused], dim=1), batch.labels[:, 1:][predicted])
+        per_clip = rows[:, : self.model.cfg.language.hidden_size].split(batch.rows_per_clip.tolist())
+        padded = torch.nn.utils.rnn.pad_sequence(list(per_clip))  # [T, B, hidden]
+        ctc = F.ctc_loss(self.ctc_head(padded).log_softmax(-1), batch.ctc_targets, batch.rows_per_clip,
+                         batch.ctc_lengths, blank=len(self.vocab.ids), zero_infinity=True)
+        return answer, ctc
+
+    def learning_rate(self) -> float:
+        warmup = 300
+        if self.step < warmup:
+            return self.lr * (self.step + 1) / warmup
+        progress = (self.step - warmup) / max(1, self.steps - warmup)
+        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def train(self, log_every: int, save_every: int) -> None:
+        self.model.train()
+        started, losses = time.perf_counter(), []
+        # The next batch is composed in a thread while this one trains (numpy and torch
+        # release the GIL); batches are still made one after another, in a fixed order.
+        with ThreadPoolExecutor(1) as pool:
+            upcoming = pool.submit(self.batch, self.step)
+            while self.step < self.steps:
+                batch = upcoming.result()
+                if self.step + 1 < self.steps:
+                    upcoming = pool.submit(self.batch, self.step + 1)
+                self.train_step(batch, losses)
+                if self.step % log_every == 0:
+                    elapsed = time.perf_counter() - started
+                    answer, ctc = np.mean(losses, axis=0)
+                    print(json.dumps({"step": self.step, "loss": round(float(answer), 4), "ctc": round(float(ctc), 4),
+                                      "lr": round(self.learning_rate(), 6), "elapsed_s": round(elapsed)}),
+                          flush=True)
+                    losses = []
+                if self.step % save_every == 0 or self.step == self.steps:
+                    self.save_state()
+
+    def train_step(self, batch: Batch, losses: list[tuple[float, float]]) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        answer, ctc = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (answer + CTC_WEIGHT * ctc).backward()
+        torch.nn.utils.clip_grad_norm_(self.trained_parameters, 1.0)
+        self.optimizer.step()
+        self.step += 1
+        losses.append((answer.item(), ctc.item()))
+
+    def save_state(self) -> None:
+        path = self.work_dir / "state.pt"
+        torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "vocab": self.vocab.ids, "rng": self.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state()}, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+
+    def load_state(self) -> bool:
+        path = self.work_dir / "state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        if state["vocab"] != self.vocab.ids:
+            raise RuntimeError(f"{path} was trained with another vocabulary")
+        self.model.load_state_dict(state["model"])
+        self.ctc_head.load_state_dict(state["ctc_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        return True
+
+    def save_weights(self, path: Path) -> None:
+        save_compact(self.model.state_dict(), self.vocab.ids, path,
+                     {"steps": str(self.step), "batch_size": str(self.batch_size), "lr": str(self.lr)})
+
+
+def features_chunk_frames() -> int:
+    return NANO_CONFIG["audio_config"]["n_window"] * 2
+
+
+def nn_init(model: MossAudioReference) -> None:
+    """Small embeddings: they double as the output layer."""
+    torch.nn.init.normal_(model.language_model.embed_tokens.weight, std=0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--voices", type=int, default=700)
+    parser.add_argument("--sentences-per-voice", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--weights-out", type=Path, help="write the compact weights here when done")
+    parser.add_argument("--export-only", action="store_true",
+                        help="write --weights-out from the saved training state, do not train")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(args.work_dir, args.seed, args.batch_size, args.steps, args.lr)
+    if trainer.load_state():
+        print(f"resumed at step {trainer.step}", flush=True)
+    if not args.export_only:
+        trainer.load_or_build_bank(args.voices, args.sentences_per_voice, args.seed)
+        print(f"front end max |diff| vs runtime: {trainer.check_front_end():.2e}; vocabulary "
+              f"{len(trainer.vocab.ids)} ids; {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M "
+              "trained parameters", flush=True)
+        trainer.train(args.log_every, args.save_every)
+    if args.weights_out:
+        trainer.save_weights(args.weights_out)
+        print(f"weights written to {args.weights_out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

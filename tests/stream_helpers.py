@@ -1,0 +1,38 @@
+"""The streaming path and its offline equivalent, shared by the streaming tests."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_runtime.features import log_mel_frames, normalize_log_mel
+from edge_runtime.llm import generate
+from edge_runtime.stream import StreamConfig, StreamingSession
+from edge_runtime.transcribe import MossAudio
+
+
+def running_max_mel(audio: np.ndarray, frames: int | None = None, chunk_frames: int = 400) -> np.ndarray:
+    """What the live front end computes, written out directly: offline frames, each chunk
+    clamped with the maximum over all frames up to its end. `frames` < len(audio) // 160
+    takes the first frames of a longer signal: a window cut while audio kept coming."""
+    frames = frames or len(audio) // 160
+    padded = np.pad(audio.astype(np.float64), 200, mode="reflect")
+    raw = log_mel_frames(padded[: (frames - 1) * 160 + 400])
+    chunks = [normalize_log_mel(raw[:, lo:lo + chunk_frames], raw[:, :lo + chunk_frames].max())
+              for lo in range(0, frames, chunk_frames)]
+    return np.concatenate(chunks, axis=1)
+
+
+def offline_tokens(model: MossAudio, audio: np.ndarray, instruction: str, budget: int,
+                   frames: int | None = None) -> list[int]:
+    rows = model.encoder.encode(running_max_mel(audio, frames))
+    model.prefill(rows, instruction)
+    return list(generate(model.llm, budget, model.manifest.tokens.stop))
+
+
+def run_session(model: MossAudio, audio: np.ndarray, block: int = 1600, **options):
+    session = StreamingSession(model, StreamConfig(**options))
+    events = []
+    for lo in range(0, len(audio), block):
+        for event in session.feed(audio[lo:lo + block]):
+            events.append((session.clock, event))
+    events += [(session.clock, e) for e in session.finish()]
+    return session, events

@@ -1,0 +1,69 @@
+"""The nano model's training script: seeded, and its cheap loss is the exported model's true
+full-vocabulary cross-entropy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from export.checkpoint import Checkpoint
+from export.nano.train import NANO_CONFIG, Trainer, main
+from export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
+from export.reference import MossAudioReference, downsampled_lengths
+
+ARGS = ["--steps", "3", "--batch-size", "2", "--voices", "3", "--sentences-per-voice", "4", "--log-every", "1",
+        "--threads", "2"]
+
+
+def train_briefly(work: Path, capsys) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    assert main(["--work-dir", str(work), *ARGS, "--weights-out", str(work / "w.safetensors")]) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return logged, load_file(str(work / "w.safetensors"))
+
+
+def test_training_is_seeded_and_reproducible(tmp_path: Path, capsys):
+    first_log, first_weights = train_briefly(tmp_path / "a", capsys)
+    second_log, second_weights = train_briefly(tmp_path / "b", capsys)
+    assert [r["step"] for r in first_log] == [1, 2, 3]
+    assert [(r["loss"], r["ctc"]) for r in first_log] == [(r["loss"], r["ctc"]) for r in second_log]
+    assert first_weights.keys() == second_weights.keys()
+    assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)  # bit for bit
+
+
+def test_compact_loss_is_the_full_vocabulary_cross_entropy(tmp_path: Path):
+    trainer = Trainer(tmp_path, seed=1, batch_size=2, steps=10, lr=1e-3)
+    trainer.load_or_build_bank(2, 3, seed=1)
+    with torch.no_grad():  # the checkpoint stores bf16: round first so both sides hold the same numbers
+        for p in trainer.model.parameters():
+            p.copy_(p.bfloat16().float())
+    batch = trainer.batch(step=10)
+    with torch.no_grad():
+        answer, _ = trainer.loss(batch)
+    save_compact(trainer.model.state_dict(), trainer.vocab.ids, tmp_path / "w.safetensors", {})
+    checkpoint = Checkpoint(write_nano_checkpoint(NANO_CONFIG, tmp_path / "ckpt", tmp_path / "w.safetensors",
+                                                  tokenizer_cache=tmp_path / "tokenizer-cache"))
+    full = MossAudioReference.from_checkpoint(checkpoint).float()
+    full_ids = torch.tensor(trainer.vocab.ids)[batch.ids]
+    full_labels = torch.where(batch.labels == -100, -100, torch.tensor(trainer.vocab.ids)[batch.labels.clamp_min(0)])
+    with torch.no_grad():
+        rows = full.audio_rows(batch.chunks, batch.lengths)
+        valid = [int(v) for v in downsampled_lengths(batch.lengths)]
+        rows = torch.cat([rows[i, :v] for i, v in enumerate(valid)])
+        hidden = full.hidden_states(full_ids, rows)
+        logits = hidden[:, :-1] @ full.output_weight().T  # all 151936 ids
+        expected = F.cross_entropy(logits.flatten(0, 1), full_labels[:, 1:].flatten(), ignore_index=-100)
+    assert float(answer) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_shipped_weights_hold_only_the_used_embedding_rows():
+    assert WEIGHTS_FILE.is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(WEIGHTS_FILE), "pt") as f:
+        used = f.get_tensor("nano.used_token_ids")
+        embedding = f.get_slice("language_model.embed_tokens.weight").get_shape()
+    assert embedding == [len(used), NANO_CONFIG["language_config"]["hidden_size"]] and 100 < len(used) < 1000
