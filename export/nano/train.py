@@ -48,6 +48,7 @@ NANO_CONFIG = config_with(
 INSTRUCTIONS = (TRANSCRIBE, SENTENCE_TIMESTAMPS)
 IM_END = 151645
 MAX_CLIP_SECONDS = 20.0
+CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per encoder chunk (4 s)
 CTC_WEIGHT = 1.0
 
 
@@ -185,8 +186,8 @@ class Trainer:
                                        augment=self.augment_strength(step))
             mel = spec_augment(torch_log_mel(clip.audio, self.filters, self.window), self.rng)
             n_rows = 0
-            for piece in mel.split(features_chunk_frames(), dim=1):
-                chunks.append(F.pad(piece, (0, features_chunk_frames() - piece.shape[1])))
+            for piece in mel.split(CHUNK_FRAMES, dim=1):
+                chunks.append(F.pad(piece, (0, CHUNK_FRAMES - piece.shape[1])))
                 lengths.append(piece.shape[1])
                 n_rows += int(downsampled_lengths(torch.tensor([piece.shape[1]]))[0])
             timestamps = self.rng.random() < 0.5
@@ -291,10 +292,6 @@ class Trainer:
     def save_weights(self, path: Path) -> None:
         save_compact(self.model.state_dict(), self.vocab.ids, path,
                      {"steps": str(self.step), "batch_size": str(self.batch_size), "lr": str(self.lr)})
-
-
-def features_chunk_frames() -> int:
-    return NANO_CONFIG["audio_config"]["n_window"] * 2
 
 
 def nn_init(model: MossAudioReference) -> None:
