@@ -15,7 +15,7 @@ from export.nano.train import NANO_CONFIG, Trainer, main
 from export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
 from export.reference import MossAudioReference, downsampled_lengths
 
-ARGS = ["--steps", "3", "--batch-size", "2", "--voices", "3", "--sentences-per-voice", "4", "--log-every", "1",
+ARGS = ["--encoder-steps", "2", "--steps", "3", "--batch-size", "2", "--voices", "3", "--sentences-per-voice", "4", "--log-every", "1",
         "--threads", "2"]
 
 
@@ -28,7 +28,7 @@ def train_briefly(work: Path, capsys) -> tuple[list[dict], dict[str, torch.Tenso
 def test_training_is_seeded_and_reproducible(tmp_path: Path, capsys):
     first_log, first_weights = train_briefly(tmp_path / "a", capsys)
     second_log, second_weights = train_briefly(tmp_path / "b", capsys)
-    assert [r["step"] for r in first_log] == [1, 2, 3]
+    assert [(r["step"], r["phase"]) for r in first_log] == [(1, "encoder"), (2, "encoder"), (3, "joint"), (4, "joint"), (5, "joint")]
     assert [(r["loss"], r["ctc"]) for r in first_log] == [(r["loss"], r["ctc"]) for r in second_log]
     assert first_weights.keys() == second_weights.keys()
     assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)  # bit for bit

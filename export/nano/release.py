@@ -28,9 +28,10 @@ from .weights import WEIGHTS_FILE, write_nano_checkpoint
 # avx2: 7-bit int8 weights, exact on every x86 CPU (and on ARM); the bundle is portable.
 SHIPPED_RECIPE: dict[str, str] = {"encoder": "int8", "llm": "Q8_0", "embedding_type": "Q5_0", "int8_layout": "avx2"}
 SHIPPED_NAME = "int8 + Q8_0 (embedding Q5_0)"
-TRAIN_STEPS = 3800
-TRAIN_COMMAND = (f"python -m export.nano.train --work-dir WORK --steps {TRAIN_STEPS} --voices 1500 "
-                 "--sentences-per-voice 8 --weights-out export/nano/nano-weights.safetensors")
+ENCODER_STEPS, JOINT_STEPS = 5000, 5000
+TRAIN_STEPS = ENCODER_STEPS + JOINT_STEPS
+TRAIN_COMMAND = (f"python -m export.nano.train --work-dir WORK --encoder-steps {ENCODER_STEPS} --steps {JOINT_STEPS} "
+                 "--voices 1500 --sentences-per-voice 8 --weights-out export/nano/nano-weights.safetensors")
 
 
 def build_float_bundle(work_dir: Path, weights: Path = WEIGHTS_FILE) -> Path:
@@ -69,6 +70,7 @@ def model_card(quality: dict[str, Any] | None, weights: Path = WEIGHTS_FILE) -> 
             "command": TRAIN_COMMAND,
             "seed": 0,
             "steps_trained": int(trained.get("steps", 0)),
+            "encoder_phase_steps": int(trained.get("encoder_steps", 0)),
             "batch_size": int(trained.get("batch_size", 0)),
         },
         "held_out": {"voice_variants": list(split.held_out_variants), "speeds_wpm": list(corpus.HELD_OUT_SPEEDS)},

@@ -10,7 +10,12 @@ the tied embedding stays exactly zero, so its logit is exactly 0, and the loss a
 (vocab - used) zero logits to the softmax's normaliser: the training loss is the true
 full-vocabulary cross-entropy of the exported model, at a fraction of the cost.
 
-    python -m export.nano.train --work-dir /tmp/nano --steps 9000
+Training has two phases. The audio side (encoder, adapter, DeepStack mergers) first learns
+the words alone, by CTC on single-chunk clips: a 4 s chunk is encoded independently of its
+neighbours, so short clips teach the encoder everything long ones would, many times faster
+without the LLM. Then the whole model trains on the real tasks with clips up to 20 s.
+
+    python -m export.nano.train --work-dir /tmp/nano --encoder-steps 5000 --steps 5000
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ IM_END = 151645
 MAX_CLIP_SECONDS = 20.0
 CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per encoder chunk (4 s)
 CTC_WEIGHT = 1.0
+ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
 
 
 @dataclass
@@ -115,9 +121,10 @@ def spec_augment(mel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, work_dir: Path, seed: int, batch_size: int, steps: int, lr: float):
+    def __init__(self, work_dir: Path, seed: int, batch_size: int, steps: int, lr: float, encoder_steps: int = 0):
         self.work_dir = work_dir
-        self.batch_size, self.steps, self.lr = batch_size, steps, lr
+        self.batch_size, self.lr = batch_size, lr
+        self.encoder_steps, self.steps = encoder_steps, encoder_steps + steps  # steps: both phases
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         tokenizer_dir = work_dir / "tokenizer"
@@ -169,18 +176,27 @@ class Trainer:
             raise RuntimeError(f"training front end differs from the runtime's: {got.shape} vs {want.shape}, {error}")
         return error
 
+    def encoder_phase(self, step: int) -> bool:
+        return step < self.encoder_steps
+
     def max_clip_seconds(self, step: int) -> float:
-        """Length curriculum: one or two commands (<= 4 s) at first, up to 20 s clips by 40%
-        of training, so the words are learned before long alignments are asked for."""
-        return min(MAX_CLIP_SECONDS, 4.0 + (MAX_CLIP_SECONDS - 4.0) * step / (0.4 * self.steps))
+        """One chunk in the encoder phase; then a length curriculum: one or two commands
+        (<= 4 s) at first, up to 20 s clips by 40% of the joint phase."""
+        chunk_seconds = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
+        if self.encoder_phase(step):
+            return chunk_seconds
+        joint = self.steps - self.encoder_steps
+        progress = (step - self.encoder_steps) / (0.4 * joint)
+        return min(MAX_CLIP_SECONDS, chunk_seconds + (MAX_CLIP_SECONDS - chunk_seconds) * progress)
 
     def augment_strength(self, step: int) -> float:
-        """Clean speech first; echo and noise reach full strength by 30% of training."""
-        return min(1.0, step / (0.3 * self.steps))
+        """Clean speech first; echo and noise reach full strength halfway through the encoder
+        phase (or at once without one)."""
+        return min(1.0, step / (0.5 * self.encoder_steps)) if self.encoder_steps else 1.0
 
     def batch(self, step: int) -> Batch:
         chunks, lengths, sequences, ctc_targets, rows_per_clip = [], [], [], [], []
-        for _ in range(self.batch_size):
+        for _ in range(ENCODER_BATCH_SIZE if self.encoder_phase(step) else self.batch_size):
             group = self.bank[int(self.rng.integers(len(self.bank)))]
             clip = corpus.compose_clip(group, self.rng, self.max_clip_seconds(step),
                                        augment=self.augment_strength(step))
@@ -210,28 +226,36 @@ class Trainer:
 
     # --- optimisation --------------------------------------------------------------------
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(answer cross-entropy, CTC of the transcript on the rows the LLM receives)."""
+    def loss(self, batch: Batch, with_answer: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer cross-entropy, or 0 without the LLM; CTC of the transcript on the rows the
+        LLM receives)."""
         rows = self.model.audio_rows(batch.chunks, batch.lengths)
         valid = downsampled_lengths(batch.lengths)
         rows = torch.cat([rows[i, : int(valid[i])] for i in range(len(batch.chunks))])  # sample-major order
-        hidden = self.model.hidden_states(batch.ids, rows)
-        predicted = batch.labels[:, 1:] != -100
-        h = hidden[:, :-1][predicted]
-        logits = h @ self.model.output_weight().T
-        unused = torch.full((len(h), 1), self.unused_log_count)  # (vocab - used) logits of exactly 0
-        answer = F.cross_entropy(torch.cat([logits, unused], dim=1), batch.labels[:, 1:][predicted])
+        answer = self.answer_loss(batch, rows) if with_answer else torch.zeros(())
         per_clip = rows[:, : self.model.cfg.language.hidden_size].split(batch.rows_per_clip.tolist())
         padded = torch.nn.utils.rnn.pad_sequence(list(per_clip))  # [T, B, hidden]
         ctc = F.ctc_loss(self.ctc_head(padded).log_softmax(-1), batch.ctc_targets, batch.rows_per_clip,
                          batch.ctc_lengths, blank=len(self.vocab.ids), zero_infinity=True)
         return answer, ctc
 
+    def answer_loss(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.hidden_states(batch.ids, rows)
+        predicted = batch.labels[:, 1:] != -100
+        h = hidden[:, :-1][predicted]
+        logits = h @ self.model.output_weight().T
+        unused = torch.full((len(h), 1), self.unused_log_count)  # (vocab - used) logits of exactly 0
+        return F.cross_entropy(torch.cat([logits, unused], dim=1), batch.labels[:, 1:][predicted])
+
     def learning_rate(self) -> float:
-        warmup = 300
-        if self.step < warmup:
-            return self.lr * (self.step + 1) / warmup
-        progress = (self.step - warmup) / max(1, self.steps - warmup)
+        """Each phase warms up (the LLM starts untrained in the joint one); the encoder phase
+        then holds the rate, the joint phase follows a cosine to 5%."""
+        if self.encoder_phase(self.step):
+            return self.lr * min(1.0, (self.step + 1) / 50)
+        step, steps, warmup = self.step - self.encoder_steps, self.steps - self.encoder_steps, 300
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
         return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     def train(self, log_every: int, save_every: int) -> None:
@@ -250,7 +274,8 @@ class Trainer:
                     elapsed = time.perf_counter() - started
                     answer, ctc = np.mean(losses, axis=0)
                     print(json.dumps({"step": self.step, "loss": round(float(answer), 4), "ctc": round(float(ctc), 4),
-                                      "lr": round(self.learning_rate(), 6), "elapsed_s": round(elapsed)}),
+                                      "lr": round(self.learning_rate(), 6), "elapsed_s": round(elapsed),
+                                      "phase": "encoder" if self.encoder_phase(self.step - 1) else "joint"}),
                           flush=True)
                     losses = []
                 if self.step % save_every == 0 or self.step == self.steps:
@@ -259,7 +284,7 @@ class Trainer:
     def train_step(self, batch: Batch, losses: list[tuple[float, float]]) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        answer, ctc = self.loss(batch)
+        answer, ctc = self.loss(batch, with_answer=not self.encoder_phase(self.step))
         self.optimizer.zero_grad(set_to_none=True)
         (answer + CTC_WEIGHT * ctc).backward()
         torch.nn.utils.clip_grad_norm_(self.trained_parameters, 1.0)
@@ -291,7 +316,8 @@ class Trainer:
 
     def save_weights(self, path: Path) -> None:
         save_compact(self.model.state_dict(), self.vocab.ids, path,
-                     {"steps": str(self.step), "batch_size": str(self.batch_size), "lr": str(self.lr)})
+                     {"steps": str(self.step), "encoder_steps": str(self.encoder_steps),
+                      "batch_size": str(self.batch_size), "lr": str(self.lr)})
 
 
 def nn_init(model: MossAudioReference) -> None:
@@ -302,7 +328,8 @@ def nn_init(model: MossAudioReference) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--encoder-steps", type=int, default=5000, help="steps of the encoder phase (CTC alone)")
+    parser.add_argument("--steps", type=int, default=5000, help="steps of the joint phase")
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--voices", type=int, default=700)
@@ -317,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(args.work_dir, args.seed, args.batch_size, args.steps, args.lr)
+    trainer = Trainer(args.work_dir, args.seed, args.batch_size, args.steps, args.lr, args.encoder_steps)
     if trainer.load_state():
         print(f"resumed at step {trainer.step}", flush=True)
     if not args.export_only:
