@@ -28,6 +28,20 @@ def offline_tokens(model: MossAudio, audio: np.ndarray, instruction: str, budget
     return list(generate(model.llm, budget, model.manifest.tokens.stop))
 
 
+def offline_choice_gaps(model: MossAudio, audio: np.ndarray, instruction: str, tokens: list[int]) -> np.ndarray:
+    """How far below the offline model's best logit each streamed token lies, with the streamed
+    tokens as context (0 where it is the offline greedy choice); the last entry is for the
+    stop token that ended the window."""
+    rows = model.encoder.encode(running_max_mel(audio))
+    model.prefill(rows, instruction)
+    first = model.llm.last_logits()[None]
+    logits = np.concatenate([first, model.llm.eval_tokens(tokens, all_logits=True)]) if tokens else first
+    best = logits.max(axis=1)
+    chosen = logits[np.arange(len(tokens)), tokens]
+    stop = logits[-1, list(model.manifest.tokens.stop)].max()
+    return np.append(best[:-1] - chosen, best[-1] - stop)
+
+
 def run_session(model: MossAudio, audio: np.ndarray, block: int = 1600, **options):
     session = StreamingSession(model, StreamConfig(**options))
     events = []

@@ -12,6 +12,7 @@ import pytest
 
 from edge_runtime.bundle import EMBEDDED_BUNDLES, bundle_path, load_bundle
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS
+from edge_runtime.timestamps import Segment
 from edge_runtime.transcribe import MossAudio
 from export.checkpoint import Checkpoint
 from export.demo import DEMO_SENTENCES
@@ -24,7 +25,7 @@ from export.synthetic_checkpoint import PUBLISHED_4B_CONFIG
 from quantize.bundle_quant import quantize_bundle
 
 from cli_helpers import moss_edge
-from stream_helpers import offline_tokens, run_session
+from stream_helpers import offline_choice_gaps, run_session
 
 SR = 16000
 TEST_SEED = 7  # not the benchmark's seed: these clips are new to every figure in the README
@@ -35,6 +36,7 @@ EMBEDDED_NAME = "embedded `nano` bundle"
 # figure further than this from the card means the shipped bundle is not the one measured.
 WER_SLACK = 0.12
 MAE_SLACK_MS = 120.0
+FLOAT_TIE = 0.01  # logits: far below what a wrong time marker, position or DeepStack row moves
 # What the shipped quantization (int8 encoder, Q8_0 LLM, Q5_0 embedding) may cost in words
 # against the float bundle on the same clips.
 MAX_WER_INCREASE = 0.05
@@ -139,8 +141,14 @@ def test_streaming_final_text_equals_offline_text_on_multi_chunk_speech(spoken_r
     session, events = run_session(model, spoken_run.audio, timestamps="sentence")
     assert any(end - start > 8 * SR for start, end, _ in session.closed_windows)
     for start, end, tokens in session.closed_windows:
-        # the window ended on the model's end token, so a generous offline budget must stop there too
-        assert tokens == offline_tokens(model, spoken_run.audio[start:end], SENTENCE_TIMESTAMPS, 256)
+        # Streaming appends the audio chunk by chunk, offline evaluates it in one batch: the same
+        # sums in another order. A trained model meets near-ties (two timestamp digits within
+        # 0.001 logits) that this rounding decides, so every streamed token, and the stop that
+        # closed the window, must be the offline greedy choice or tied with it within FLOAT_TIE.
+        # (The exact token-for-token equality is tested on random models in test_stream.py.)
+        gaps = offline_choice_gaps(model, spoken_run.audio[start:end], SENTENCE_TIMESTAMPS, tokens)
+        assert gaps.max() <= FLOAT_TIE, (gaps.max(), int(gaps.argmax()))
+        assert (gaps == 0).mean() >= 0.9  # ties are the exception
     finals = [e for _, e in events if e.type == "final"]
     said = corpus.words(" ".join(e.text for e in finals))
     truth = corpus.words(" ".join(s.text for s in spoken_run.sentences))
@@ -169,5 +177,9 @@ def test_readme_demo_prints_a_timestamped_transcript(tmp_path: Path):
     truth = corpus.words(" ".join(DEMO_SENTENCES))
     # one short clip: twice the slack of the 12-clip test above
     assert corpus.word_errors(truth, heard) / len(truth) <= card_figures()["wer"] + 2 * WER_SLACK, result.stdout
-    errors = [abs(float(r[i]) - float(r[i + 3])) for r in rows for i in (0, 1)]
-    assert sum(errors) / len(errors) <= (card_figures()["timestamp_mae_ms"] + MAE_SLACK_MS) / 1000, result.stdout
+    # timestamp error as the model card measures it; one clip is held to the card's worst clip
+    predicted = [Segment(float(a), float(b), text) for a, b, text in dict.fromkeys(r[:3] for r in rows)]
+    truth = [corpus.Sentence(float(a), float(b), text) for a, b, text in dict.fromkeys(r[3:] for r in rows)]
+    pairs = match_sentences(truth, predicted)
+    errors = [abs(p.start - s.start) for s, p in pairs] + [abs(p.end - s.end) for s, p in pairs]
+    assert 1000 * sum(errors) / len(errors) <= card_figures()["timestamp_mae_ms_worst_clip"], result.stdout

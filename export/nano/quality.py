@@ -68,12 +68,17 @@ def score_clip(model: MossAudio, clip: Clip) -> ClipScore:
 def summarize(scores: Sequence[ClipScore]) -> dict[str, float]:
     n_words = sum(s.reference_words for s in scores)
     boundaries = [e for s in scores for e in s.boundary_errors_s]
+    # the worst single clip: the range one clip (the demo's, a user's) may fall in
+    clip_wer = [s.word_errors / max(1, s.reference_words) for s in scores]
+    clip_mae = [1000 * sum(s.boundary_errors_s) / len(s.boundary_errors_s) for s in scores if s.boundary_errors_s]
     return {
         "clips": len(scores),
         "words": n_words,
         "wer": sum(s.word_errors for s in scores) / n_words,
         "timestamp_text_wer": sum(s.timestamp_word_errors for s in scores) / n_words,
         "timestamp_mae_ms": 1000 * sum(boundaries) / max(1, len(boundaries)),
+        "wer_worst_clip": max(clip_wer),
+        "timestamp_mae_ms_worst_clip": max(clip_mae, default=float("nan")),
         "sentences_matched": sum(s.matched_sentences for s in scores) / sum(s.sentences for s in scores),
         "clips_times_inside_and_ordered": sum(s.times_inside_and_ordered for s in scores) / len(scores),
     }

@@ -50,7 +50,8 @@ def model_card(quality: dict[str, Any] | None, weights: Path = WEIGHTS_FILE) -> 
         trained = f.metadata() or {}
     a, lm = NANO_CONFIG["audio_config"], NANO_CONFIG["language_config"]
     split = corpus.split_variants()
-    fields = ("bundle", "set", "clips", "size_mb", "wer", "timestamp_mae_ms", "sentences_matched")
+    fields = ("bundle", "set", "clips", "size_mb", "wer", "timestamp_mae_ms", "sentences_matched",
+              "wer_worst_clip", "timestamp_mae_ms_worst_clip")
     measured = [{k: row[k] for k in fields} for row in (quality or {}).get("rows", [])]
     return {
         "name": "MOSS-Audio nano",
