@@ -17,7 +17,7 @@ from edge_runtime.transcribe import MossAudio
 from export.checkpoint import Checkpoint
 from export.demo import DEMO_SENTENCES
 from export.nano import corpus
-from export.nano.quality import evaluate, inside_and_ordered, match_sentences
+from export.nano.quality import boundary_errors, evaluate, inside_and_ordered, match_sentences
 from export.nano.release import SHIPPED_RECIPE, build_float_bundle
 from export.nano.train import NANO_CONFIG
 from export.nano.weights import WEIGHTS_FILE
@@ -180,6 +180,5 @@ def test_readme_demo_prints_a_timestamped_transcript(tmp_path: Path):
     # timestamp error as the model card measures it; one clip is held to the card's worst clip
     predicted = [Segment(float(a), float(b), text) for a, b, text in dict.fromkeys(r[:3] for r in rows)]
     truth = [corpus.Sentence(float(a), float(b), text) for a, b, text in dict.fromkeys(r[3:] for r in rows)]
-    pairs = match_sentences(truth, predicted)
-    errors = [abs(p.start - s.start) for s, p in pairs] + [abs(p.end - s.end) for s, p in pairs]
+    errors = boundary_errors(truth, predicted)
     assert 1000 * sum(errors) / len(errors) <= card_figures()["timestamp_mae_ms_worst_clip"], result.stdout

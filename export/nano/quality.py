@@ -41,6 +41,12 @@ def match_sentences(truth: Sequence[Sentence], predicted: Sequence[Segment]) -> 
     return pairs
 
 
+def boundary_errors(truth: Sequence[Sentence], predicted: Sequence[Segment]) -> list[float]:
+    """|start - true start| and |end - true end| of every matched sentence, seconds."""
+    pairs = match_sentences(truth, predicted)
+    return [abs(p.start - s.start) for s, p in pairs] + [abs(p.end - s.end) for s, p in pairs]
+
+
 def inside_and_ordered(segments: Sequence[Segment], duration: float) -> bool:
     last = 0.0
     for s in segments:
@@ -58,11 +64,10 @@ def score_clip(model: MossAudio, clip: Clip) -> ClipScore:
     stamped = model.generate(clip.audio, SENTENCE_TIMESTAMPS, max_new_tokens=MAX_NEW_TOKENS).text
     duration = len(clip.audio) / 16000
     segments = parse_sentences(stamped, duration)
-    pairs = match_sentences(clip.sentences, segments)
-    errors = [abs(p.start - s.start) for s, p in pairs] + [abs(p.end - s.end) for s, p in pairs]
+    errors = boundary_errors(clip.sentences, segments)
     return ClipScore(len(truth), word_errors(truth, words(plain)),
                      word_errors(truth, words(" ".join(s.text for s in segments))),
-                     errors, len(clip.sentences), len(pairs), inside_and_ordered(segments, duration))
+                     errors, len(clip.sentences), len(errors) // 2, inside_and_ordered(segments, duration))
 
 
 def summarize(scores: Sequence[ClipScore]) -> dict[str, float]:
