@@ -64,7 +64,7 @@ def score_clip(model: MossAudio, clip: Clip) -> ClipScore:
     stamped = model.generate(clip.audio, SENTENCE_TIMESTAMPS, max_new_tokens=MAX_NEW_TOKENS).text
     duration = len(clip.audio) / 16000
     segments = parse_sentences(stamped, duration)
-    errors = boundary_errors(clip.sentences, segments)
+    errors = boundary_errors(clip.sentences, segments)  # two per matched sentence
     return ClipScore(len(truth), word_errors(truth, words(plain)),
                      word_errors(truth, words(" ".join(s.text for s in segments))),
                      errors, len(clip.sentences), len(errors) // 2, inside_and_ordered(segments, duration))

@@ -54,6 +54,7 @@ INSTRUCTIONS = (TRANSCRIBE, SENTENCE_TIMESTAMPS)
 IM_END = 151645
 MAX_CLIP_SECONDS = 20.0
 CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per encoder chunk (4 s)
+CHUNK_SECONDS = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
 CTC_WEIGHT = 1.0
 ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
 
@@ -182,12 +183,11 @@ class Trainer:
     def max_clip_seconds(self, step: int) -> float:
         """One chunk in the encoder phase; then a length curriculum: one or two commands
         (<= 4 s) at first, up to 20 s clips by 40% of the joint phase."""
-        chunk_seconds = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
         if self.encoder_phase(step):
-            return chunk_seconds
+            return CHUNK_SECONDS
         joint = self.steps - self.encoder_steps
         progress = (step - self.encoder_steps) / (0.4 * joint)
-        return min(MAX_CLIP_SECONDS, chunk_seconds + (MAX_CLIP_SECONDS - chunk_seconds) * progress)
+        return min(MAX_CLIP_SECONDS, CHUNK_SECONDS + (MAX_CLIP_SECONDS - CHUNK_SECONDS) * progress)
 
     def augment_strength(self, step: int) -> float:
         """Clean speech first; echo and noise reach full strength halfway through the encoder
