@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from export.checkpoint import Checkpoint
-from export.nano.train import NANO_CONFIG, Trainer, main
+from export.nano.train import JOINT_ENCODER_LR_SCALE, NANO_CONFIG, Trainer, main
 from export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
 from export.reference import MossAudioReference, downsampled_lengths
 
@@ -32,6 +32,44 @@ def test_training_is_seeded_and_reproducible(tmp_path: Path, capsys):
     assert [(r["loss"], r["ctc"]) for r in first_log] == [(r["loss"], r["ctc"]) for r in second_log]
     assert first_weights.keys() == second_weights.keys()
     assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)  # bit for bit
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, capsys, monkeypatch):
+    _, uninterrupted = train_briefly(tmp_path / "a", capsys)
+    one_step = Trainer.train_step
+
+    def stop_in_the_joint_phase(trainer: Trainer, batch, losses):
+        if trainer.step == 3:
+            raise Interrupted
+        one_step(trainer, batch, losses)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_in_the_joint_phase)
+    with pytest.raises(Interrupted):
+        main(["--work-dir", str(tmp_path / "b"), *ARGS, "--save-every", "1"])
+    monkeypatch.setattr(Trainer, "train_step", one_step)
+    capsys.readouterr()
+    logged, resumed = train_briefly(tmp_path / "b", capsys)
+    assert [r["step"] for r in logged] == [4, 5]
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_the_encoder_learns_slower_in_the_joint_phase(tmp_path: Path, capsys, monkeypatch):
+    seen: list[tuple[int, float, float]] = []
+    one_step = Trainer.train_step
+
+    def record_rates(trainer: Trainer, batch, losses):
+        one_step(trainer, batch, losses)
+        by_group = {g["encoder"]: g["lr"] for g in trainer.optimizer.param_groups}
+        seen.append((trainer.step, by_group[True], by_group[False]))
+
+    monkeypatch.setattr(Trainer, "train_step", record_rates)
+    train_briefly(tmp_path, capsys)
+    assert [(step, encoder == rest) for step, encoder, rest in seen] == [(1, True), (2, True), (3, False), (4, False), (5, False)]
+    assert all(encoder == pytest.approx(rest * JOINT_ENCODER_LR_SCALE) for step, encoder, rest in seen[2:])
 
 
 def test_compact_loss_is_the_full_vocabulary_cross_entropy(tmp_path: Path):

@@ -15,7 +15,7 @@ the words alone, by CTC on single-chunk clips: a 4 s chunk is encoded independen
 neighbours, so short clips teach the encoder everything long ones would, many times faster
 without the LLM. Then the whole model trains on the real tasks with clips up to 20 s.
 
-    python -m export.nano.train --work-dir /tmp/nano --encoder-steps 5000 --steps 5000
+    python -m export.nano.train --work-dir /tmp/nano --encoder-steps 7500 --steps 7500
 """
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per enc
 CHUNK_SECONDS = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
 CTC_WEIGHT = 1.0
 ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
+# The encoder's learning-rate share in the joint phase: at the full rate the untrained LLM's
+# gradient undoes part of what the encoder phase learned (its CTC loss rose 1.24 -> 1.9).
+JOINT_ENCODER_LR_SCALE = 0.3
 
 
 @dataclass
@@ -151,7 +154,10 @@ class Trainer:
         # learn the words early instead of the LLM learning only which commands are likely.
         self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.ids) + 1)
         self.trained_parameters = [*self.model.parameters(), *self.ctc_head.parameters()]
-        self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+        encoder = {id(p) for p in self.model.audio_encoder.parameters()}
+        groups = [{"params": [p for p in self.trained_parameters if id(p) in encoder], "encoder": True},
+                  {"params": [p for p in self.trained_parameters if id(p) not in encoder], "encoder": False}]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
         self.step = 0
 
     # --- data ----------------------------------------------------------------------------
@@ -267,6 +273,10 @@ class Trainer:
             upcoming = pool.submit(self.batch, self.step)
             while self.step < self.steps:
                 batch = upcoming.result()
+                # The generator as it stands before the next batch is composed: saved with
+                # the state so a resumed run composes that batch again (the thread below
+                # is already drawing from it).
+                rng_state = self.rng.bit_generator.state
                 if self.step + 1 < self.steps:
                     upcoming = pool.submit(self.batch, self.step + 1)
                 self.train_step(batch, losses)
@@ -279,12 +289,14 @@ class Trainer:
                           flush=True)
                     losses = []
                 if self.step % save_every == 0 or self.step == self.steps:
-                    self.save_state()
+                    self.save_state(rng_state)
 
     def train_step(self, batch: Batch, losses: list[tuple[float, float]]) -> None:
+        joint = not self.encoder_phase(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
-        answer, ctc = self.loss(batch, with_answer=not self.encoder_phase(self.step))
+            scale = JOINT_ENCODER_LR_SCALE if group["encoder"] and joint else 1.0
+            group["lr"] = self.learning_rate() * scale
+        answer, ctc = self.loss(batch, with_answer=joint)
         self.optimizer.zero_grad(set_to_none=True)
         (answer + CTC_WEIGHT * ctc).backward()
         torch.nn.utils.clip_grad_norm_(self.trained_parameters, 1.0)
@@ -292,10 +304,10 @@ class Trainer:
         self.step += 1
         losses.append((answer.item(), ctc.item()))
 
-    def save_state(self) -> None:
+    def save_state(self, rng_state: dict) -> None:
         path = self.work_dir / "state.pt"
         torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "vocab": self.vocab.ids, "rng": self.rng.bit_generator.state,
+                    "vocab": self.vocab.ids, "rng": rng_state,
                     "torch_rng": torch.get_rng_state()}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
 
@@ -328,12 +340,12 @@ def nn_init(model: MossAudioReference) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True)
-    parser.add_argument("--encoder-steps", type=int, default=5000, help="steps of the encoder phase (CTC alone)")
-    parser.add_argument("--steps", type=int, default=5000, help="steps of the joint phase")
+    parser.add_argument("--encoder-steps", type=int, default=7500, help="steps of the encoder phase (CTC alone)")
+    parser.add_argument("--steps", type=int, default=7500, help="steps of the joint phase")
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--voices", type=int, default=700)
-    parser.add_argument("--sentences-per-voice", type=int, default=12)
+    parser.add_argument("--voices", type=int, default=1500)
+    parser.add_argument("--sentences-per-voice", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=50)
