@@ -154,9 +154,9 @@ class Trainer:
         # learn the words early instead of the LLM learning only which commands are likely.
         self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.ids) + 1)
         self.trained_parameters = [*self.model.parameters(), *self.ctc_head.parameters()]
-        encoder = {id(p) for p in self.model.audio_encoder.parameters()}
-        groups = [{"params": [p for p in self.trained_parameters if id(p) in encoder], "encoder": True},
-                  {"params": [p for p in self.trained_parameters if id(p) not in encoder], "encoder": False}]
+        encoder = list(self.model.audio_encoder.parameters())
+        rest = [p for p in self.trained_parameters if all(p is not q for q in encoder)]
+        groups = [{"params": encoder, "encoder": True}, {"params": rest, "encoder": False}]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
         self.step = 0
 
