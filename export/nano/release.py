@@ -28,7 +28,7 @@ from .weights import WEIGHTS_FILE, write_nano_checkpoint
 # avx2: 7-bit int8 weights, exact on every x86 CPU (and on ARM); the bundle is portable.
 SHIPPED_RECIPE: dict[str, str] = {"encoder": "int8", "llm": "Q8_0", "embedding_type": "Q5_0", "int8_layout": "avx2"}
 SHIPPED_NAME = "int8 + Q8_0 (embedding Q5_0)"
-ENCODER_STEPS, JOINT_STEPS = 5000, 5000
+ENCODER_STEPS, JOINT_STEPS = 7500, 7500
 TRAIN_STEPS = ENCODER_STEPS + JOINT_STEPS
 TRAIN_COMMAND = (f"python -m export.nano.train --work-dir WORK --encoder-steps {ENCODER_STEPS} --steps {JOINT_STEPS} "
                  "--voices 1500 --sentences-per-voice 8 --weights-out export/nano/nano-weights.safetensors")
