@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="encoder weights (default: the preset's)")
     quantize.add_argument("--llm", choices=["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"], default=None,
                           help="GGUF type, as llama.cpp's quantize presets (default: the preset's)")
-    quantize.add_argument("--token-embedding-type", choices=["F16", "Q8_0", "Q5_0", "Q4_0"], default=None,
+    quantize.add_argument("--token-embedding-type", choices=["F16", "Q8_0", "Q5_1", "Q5_0", "Q4_0"], default=None,
                           help="type of the token embedding (default: llama.cpp's choice for --llm)")
     quantize.add_argument("--int8-layout", choices=["arm64", "vnni", "avx2"], default=None,
                           help="int8 weight layout for the CPU that runs it (avx2: 7-bit weights)")

@@ -30,7 +30,7 @@ LLAMA_FTYPES = {
 }
 # `--token-embedding-type`, as llama-quantize's option of that name: with tied embeddings
 # the presets keep the embedding at output precision, which dominates a tiny model's size.
-EMBEDDING_TYPES = ("F16", "Q8_0", "Q5_0", "Q4_0")
+EMBEDDING_TYPES = ("F16", "Q8_0", "Q5_1", "Q5_0", "Q4_0")
 SOURCE_TYPES = ("F32", "F16", "BF16")  # llama.cpp quantizes from float only
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")  # "[  12/ 399] blk.0.attn_q.weight - ..."
 

@@ -1,7 +1,7 @@
 """Build the shipped nano bundle from the compact weights in the repository.
 
 compact weights -> checkpoint in the published layout -> F16 bundle (`export_bundle`) ->
-int8 encoder + Q8_0 LLM with a Q5_0 token embedding (`quantize_bundle`) -> model card.
+int8 encoder + Q8_0 LLM with a Q5_1 token embedding (`quantize_bundle`) -> model card.
 
     python -m export.nano.release --work-dir /tmp/nano-release \
         [--quality benchmarks/results/nano_quality.json] [--out edge_runtime/models/nano]
@@ -26,8 +26,8 @@ from .train import INSTRUCTIONS, MAX_CLIP_SECONDS, NANO_CONFIG
 from .weights import WEIGHTS_FILE, write_nano_checkpoint
 
 # avx2: 7-bit int8 weights, exact on every x86 CPU (and on ARM); the bundle is portable.
-SHIPPED_RECIPE: dict[str, str] = {"encoder": "int8", "llm": "Q8_0", "embedding_type": "Q5_0", "int8_layout": "avx2"}
-SHIPPED_NAME = "int8 + Q8_0 (embedding Q5_0)"
+SHIPPED_RECIPE: dict[str, str] = {"encoder": "int8", "llm": "Q8_0", "embedding_type": "Q5_1", "int8_layout": "avx2"}
+SHIPPED_NAME = "int8 + Q8_0 (embedding Q5_1)"
 ENCODER_STEPS, JOINT_STEPS = 7500, 7500
 TRAIN_STEPS = ENCODER_STEPS + JOINT_STEPS
 TRAIN_COMMAND = (f"python -m export.nano.train --work-dir WORK --encoder-steps {ENCODER_STEPS} --steps {JOINT_STEPS} "
