@@ -8,11 +8,6 @@ import onnxruntime as ort
 
 from .bundle import AudioParams, BundleError
 
-# One chunk per run: an int8 encoder quantizes its activations with one scale per run, so a
-# chunk's rows would depend on which chunks share its run (by 2-3% of their size in the nano
-# bundle); one at a time, a chunk's rows are the same offline and streamed.
-CHUNKS_PER_RUN = 1
-
 
 def downsampled_length(frames: int) -> int:
     for _ in range(3):
@@ -60,12 +55,15 @@ class AudioEncoder:
         return self.session.get_providers()
 
     def encode_chunks(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        """Each chunk's valid rows, [tokens_i, row_width] float32."""
+        """Each chunk's valid rows, [tokens_i, row_width] float32.
+
+        One chunk per run: an int8 encoder quantizes its activations with one scale per run, so
+        a chunk's rows would depend on which chunks share its run (by 2-3% of their size in the
+        nano bundle); one at a time, a chunk's rows are the same offline and streamed."""
         out: list[np.ndarray] = []
-        for lo in range(0, len(batch), CHUNKS_PER_RUN):
-            rows, counts = self.session.run(
-                None, {"mel": batch[lo:lo + CHUNKS_PER_RUN], "lengths": lengths[lo:lo + CHUNKS_PER_RUN]})
-            out += [rows[i, : int(c)] for i, c in enumerate(counts)]
+        for i in range(len(batch)):
+            rows, counts = self.session.run(None, {"mel": batch[i:i + 1], "lengths": lengths[i:i + 1]})
+            out.append(rows[0, : int(counts[0])])
         return out
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
