@@ -1,0 +1,133 @@
+"""How well the nano model knows each digit of the timestamps it writes, per set of weights.
+
+Teacher-forced through the PyTorch reference on the benchmark's held-out clean clips with the
+sentence-timestamp prompt: the cross-entropy and top-1 accuracy of every answer token, grouped
+as the whole seconds of a timestamp, its tenths, its hundredths, and everything else (words,
+brackets, the stop token). A digit the model cannot place scores ln 10 = 2.30 nats (chance).
+
+    python benchmarks/nano_timestamp_digits.py --weights shipped=export/nano/nano-weights.safetensors \
+        [--weights earlier=OTHER.safetensors] --clips 80
+
+Writes benchmarks/results/nano_timestamp_digits.{json,md}. Needs espeak-ng and the export extra.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from edge_runtime import features
+from edge_runtime.prompt import SENTENCE_TIMESTAMPS
+from export.checkpoint import Checkpoint
+from export.nano.corpus import Clip, held_out_clips
+from export.nano.train import CHUNK_FRAMES, IM_END, NANO_CONFIG
+from export.nano.weights import WEIGHTS_FILE, write_nano_checkpoint
+from export.reference import MossAudioReference, downsampled_lengths, prompt_ids
+from nano_quality import EVAL_SEED
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+ROLES = ("seconds", "tenths", "hundredths", "other")
+
+
+def token_roles(pieces: list[str]) -> list[str]:
+    """The role of each answer token, from the decoded pieces: a single digit inside a
+    marker is seconds before its '.', then tenths, then hundredths."""
+    roles, in_marker, after_point = [], False, 0
+    for piece in pieces:
+        role = "other"
+        if in_marker and len(piece) == 1 and piece.isdigit():
+            role = ("seconds", "tenths", "hundredths")[min(after_point, 2)]
+            after_point += after_point > 0
+        for char in piece:
+            if char == "[":
+                in_marker, after_point = True, 0
+            elif char == "]":
+                in_marker = False
+            elif char == "." and in_marker:
+                after_point = 1
+        roles.append(role)
+    return roles
+
+
+def chunked_mel(audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    mel = torch.from_numpy(features.log_mel_spectrogram(audio))
+    pieces = list(mel.split(CHUNK_FRAMES, dim=1))
+    lengths = torch.tensor([p.shape[1] for p in pieces])
+    return torch.stack([F.pad(p, (0, CHUNK_FRAMES - p.shape[1])) for p in pieces]), lengths
+
+
+def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dict[str, float]]:
+    checkpoint_dir = write_nano_checkpoint(NANO_CONFIG, work / "checkpoint", weights, tokenizer_cache=work / "cache")
+    checkpoint = Checkpoint(checkpoint_dir)
+    model = MossAudioReference.from_checkpoint(checkpoint).float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    p = checkpoint.config.processor
+    losses: dict[str, list[float]] = {r: [] for r in ROLES}
+    hits: dict[str, list[bool]] = {r: [] for r in ROLES}
+    with torch.no_grad():
+        for clip in clips:
+            chunks, lengths = chunked_mel(clip.audio)
+            rows = model.audio_rows(chunks, lengths)
+            rows = torch.cat([rows[i, :v] for i, v in enumerate(downsampled_lengths(lengths).tolist())])
+            prompt = prompt_ids(len(rows), encode, SENTENCE_TIMESTAMPS, (p.audio_token_id, p.audio_start_id, p.audio_end_id))
+            answer = encode(clip.timestamped)
+            ids = torch.tensor([prompt + answer + [IM_END]])
+            hidden = model.hidden_states(ids, rows)[0, len(prompt) - 1: -1]
+            logits = hidden @ model.output_weight().T
+            targets = ids[0, len(prompt):]
+            token_losses = F.cross_entropy(logits, targets, reduction="none").tolist()
+            correct = (logits.argmax(-1) == targets).tolist()
+            roles = token_roles([tokenizer.decode([t]) for t in answer]) + ["other"]  # the stop token
+            for role, loss, hit in zip(roles, token_losses, correct):
+                losses[role].append(loss)
+                hits[role].append(hit)
+    return {r: {"tokens": len(losses[r]), "cross_entropy": float(np.mean(losses[r])),
+                "top1": float(np.mean(hits[r]))} for r in ROLES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", action="append", default=None, metavar="NAME=PATH",
+                        help=f"compact nano weights to score (repeatable; default: shipped={WEIGHTS_FILE})")
+    parser.add_argument("--clips", type=int, default=80)
+    args = parser.parse_args()
+    named = [w.split("=", 1) for w in args.weights] if args.weights else [["shipped", str(WEIGHTS_FILE.relative_to(ROOT))]]
+    clips = held_out_clips(args.clips, EVAL_SEED)
+    rows = []
+    for name, path in named:
+        with tempfile.TemporaryDirectory() as scratch:
+            rows.append({"weights": name, "path": path, **score_weights(ROOT / path, clips, Path(scratch))})
+        print(json.dumps(rows[-1]), flush=True)
+    command = (f"python benchmarks/nano_timestamp_digits.py --clips {args.clips}"
+               + "".join(f" --weights '{name}={path}'" for name, path in named if args.weights))
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
+              "command": command, "clips": args.clips, "eval_seed": EVAL_SEED, "chance_nats": math.log(10),
+              "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "nano_timestamp_digits.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Nano model: how well it knows each digit of its timestamps ({args.clips} held-out clean clips)", "",
+             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{command}`.", "",
+             "Teacher-forced answers to the sentence-timestamp prompt through the PyTorch reference: mean "
+             "cross-entropy (nats) and top-1 accuracy of each kind of answer token. Chance for a digit: "
+             f"{math.log(10):.2f} nats, 10%.", "",
+             "| weights | " + " | ".join(ROLES) + " |", "|---|" + "---|" * len(ROLES)]
+    for row in rows:
+        cells = [f"{row[r]['cross_entropy']:.2f} nats, {100 * row[r]['top1']:.0f}% ({row[r]['tokens']})" for r in ROLES]
+        lines.append(f"| {row['weights']} | " + " | ".join(cells) + " |")
+    (RESULTS / "nano_timestamp_digits.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
