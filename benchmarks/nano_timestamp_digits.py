@@ -30,9 +30,9 @@ from edge_runtime import features
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS
 from export.checkpoint import Checkpoint
 from export.nano.corpus import Clip, held_out_clips
-from export.nano.train import CHUNK_FRAMES, IM_END, NANO_CONFIG
+from export.nano.train import IM_END, NANO_CONFIG
 from export.nano.weights import WEIGHTS_FILE, write_nano_checkpoint
-from export.reference import MossAudioReference, downsampled_lengths, prompt_ids
+from export.reference import MossAudioReference, prompt_ids
 from nano_quality import EVAL_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +60,6 @@ def token_roles(pieces: list[str]) -> list[str]:
     return roles
 
 
-def chunked_mel(audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    mel = torch.from_numpy(features.log_mel_spectrogram(audio))
-    pieces = list(mel.split(CHUNK_FRAMES, dim=1))
-    lengths = torch.tensor([p.shape[1] for p in pieces])
-    return torch.stack([F.pad(p, (0, CHUNK_FRAMES - p.shape[1])) for p in pieces]), lengths
-
-
 def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dict[str, float]]:
     checkpoint_dir = write_nano_checkpoint(NANO_CONFIG, work / "checkpoint", weights, tokenizer_cache=work / "cache")
     checkpoint = Checkpoint(checkpoint_dir)
@@ -78,9 +71,7 @@ def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dic
     hits: dict[str, list[bool]] = {r: [] for r in ROLES}
     with torch.no_grad():
         for clip in clips:
-            chunks, lengths = chunked_mel(clip.audio)
-            rows = model.audio_rows(chunks, lengths)
-            rows = torch.cat([rows[i, :v] for i, v in enumerate(downsampled_lengths(lengths).tolist())])
+            rows = model.encode_audio(torch.from_numpy(features.log_mel_spectrogram(clip.audio)))
             prompt = prompt_ids(len(rows), encode, SENTENCE_TIMESTAMPS, (p.audio_token_id, p.audio_start_id, p.audio_end_id))
             answer = encode(clip.timestamped)
             ids = torch.tensor([prompt + answer + [IM_END]])
