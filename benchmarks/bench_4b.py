@@ -29,7 +29,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -66,13 +65,6 @@ model = MossAudio(bundle, threads=threads)  # the runtime's defaults otherwise
 result = transcribe_clip(model, samples, tokens_per_second=rate)
 print(json.dumps(result | {"peak_rss_gib": round(peak_rss_bytes() / 2**30, 2)}))
 """
-
-
-def machine_name() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {model}, {os.cpu_count()} cores, {memory:.0f} GiB, CPU only"
 
 
 # --- 1. build --------------------------------------------------------------------------------
@@ -237,7 +229,7 @@ def main() -> None:
         stream[name] = streaming(bundles[name], clip, ends, args.threads, rate, args.runs)
     manifests = {name: load_bundle(path).manifest for name, path in bundles.items()}
     result = {
-        "machine": machine_name(), "date": datetime.date.today().isoformat(), "command": command,
+        "machine": bench.machine_name(), "date": datetime.date.today().isoformat(), "command": command,
         "threads": args.threads, "runs": args.runs, "smoke": args.smoke,
         "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "versions": {"onnxruntime": onnxruntime.__version__, "llama_cpp_python": llama_cpp.__version__,

@@ -26,6 +26,7 @@ import ctypes
 import json
 import math
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -91,6 +92,14 @@ def machine_limits(threads: int, buffer_bytes: int = BANDWIDTH_BYTES) -> dict[st
     if result.returncode != 0:
         raise RuntimeError(f"the bandwidth/throughput probe failed:\n{result.stderr}")
     return {"threads": threads, "buffer_mib": buffer_bytes // 2**20, **json.loads(result.stdout)}
+
+
+def machine_name() -> str:
+    """Architecture, CPU model, cores and memory: the line a result names its machine by."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {model}, {os.cpu_count()} cores, {memory:.0f} GiB, CPU only"
 
 
 def peak_rss_bytes() -> int:

@@ -57,6 +57,18 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, capsys, 
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
 
 
+def test_an_encoder_phase_stopped_and_resumed_with_another_joint_length_is_a_run_of_that_length(tmp_path: Path, capsys):
+    _, uninterrupted = train_briefly(tmp_path / "a", capsys)  # --steps 3
+    stopped = tmp_path / "b"
+    assert main(["--work-dir", str(stopped), *ARGS, "--steps", "7", "--stop-after", "2",
+                 "--weights-out", str(stopped / "w.safetensors")]) == 0
+    assert "stopped after step 2 of 9" in capsys.readouterr().out
+    assert not (stopped / "w.safetensors").exists()  # no weights from an unfinished run
+    logged, resumed = train_briefly(stopped, capsys)
+    assert [r["step"] for r in logged] == [3, 4, 5]
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
 def test_the_encoder_learns_slower_in_the_joint_phase(tmp_path: Path, capsys, monkeypatch):
     seen: list[tuple[int, float, float]] = []
     one_step = Trainer.train_step

@@ -275,20 +275,23 @@ class Trainer:
         progress = (step - warmup) / max(1, steps - warmup)
         return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
-    def train(self, log_every: int, save_every: int) -> None:
+    def train(self, log_every: int, save_every: int, stop_after: int | None = None) -> None:
+        """Train to the end of the schedule, or only to step `stop_after` (the state saved
+        there: a later run resumes it, with the same schedule or another --steps)."""
+        last = self.steps if stop_after is None else min(stop_after, self.steps)
         self.model.train()
         started, losses = time.perf_counter(), []
         # The next batch is composed in a thread while this one trains (numpy and torch
         # release the GIL); batches are still made one after another, in a fixed order.
         with ThreadPoolExecutor(1) as pool:
             upcoming = pool.submit(self.batch, self.step)
-            while self.step < self.steps:
+            while self.step < last:
                 batch = upcoming.result()
                 # The generator as it stands before the next batch is composed: saved with
                 # the state so a resumed run composes that batch again (the thread below
                 # is already drawing from it).
                 rng_state = self.rng.bit_generator.state
-                if self.step + 1 < self.steps:
+                if self.step + 1 < last:
                     upcoming = pool.submit(self.batch, self.step + 1)
                 self.train_step(batch, losses)
                 if self.step % log_every == 0:
@@ -300,7 +303,7 @@ class Trainer:
                                       "phase": "encoder" if self.encoder_phase(self.step - 1) else "joint"}),
                           flush=True)
                     losses = []
-                if self.step % save_every == 0 or self.step == self.steps:
+                if self.step % save_every == 0 or self.step == last:
                     self.save_state(rng_state)
 
     def train_step(self, batch: Batch, losses: list[tuple[float, float, float]]) -> None:
@@ -364,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--stop-after", type=int, help="stop after this step (counting both phases), its state saved")
     parser.add_argument("--weights-out", type=Path, help="write the compact weights here when done")
     parser.add_argument("--export-only", action="store_true",
                         help="write --weights-out from the saved training state, do not train")
@@ -378,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"front end max |diff| vs runtime: {trainer.check_front_end():.2e}; vocabulary "
               f"{len(trainer.vocab.ids)} ids; {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M "
               "trained parameters", flush=True)
-        trainer.train(args.log_every, args.save_every)
+        trainer.train(args.log_every, args.save_every, args.stop_after)
+        if trainer.step < trainer.steps:
+            print(f"stopped after step {trainer.step} of {trainer.steps}; its state is in {args.work_dir}", flush=True)
+            return 0
     if args.weights_out:
         trainer.save_weights(args.weights_out)
         print(f"weights written to {args.weights_out}", flush=True)
