@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from edge_runtime.bench import machine_name
-from export.nano.train import Trainer
+from export.nano.train import LENGTH_RAMP_SHARE, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,8 +45,9 @@ def seconds_per_step(trainer: Trainer, first: int, steps: int) -> float:
 
 
 def recipe_seconds(per_step: dict[str, float], encoder_steps: int, joint_steps: int) -> float:
-    growing = 0.4 * joint_steps * (per_step["joint, 4 s clips"] + per_step["joint, 20 s clips"]) / 2
-    return encoder_steps * per_step["encoder"] + growing + 0.6 * joint_steps * per_step["joint, 20 s clips"]
+    growing = LENGTH_RAMP_SHARE * joint_steps * (per_step["joint, 4 s clips"] + per_step["joint, 20 s clips"]) / 2
+    full_length = (1 - LENGTH_RAMP_SHARE) * joint_steps * per_step["joint, 20 s clips"]
+    return encoder_steps * per_step["encoder"] + growing + full_length
 
 
 def main() -> None:

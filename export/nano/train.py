@@ -62,6 +62,7 @@ CHUNK_ROWS = int(downsampled_lengths(torch.tensor([CHUNK_FRAMES]))[0])  # LLM ro
 # CTC alone lets the rows forget where in their chunk they sit, and then the timestamps'
 # tenths and hundredths are guesses; a small weight keeps that position without crowding CTC.
 POSITION_WEIGHT = 0.2
+LENGTH_RAMP_SHARE = 0.4  # clips grow from one chunk to MAX_CLIP_SECONDS over this share of the joint phase
 ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
 # The encoder's learning-rate share in the joint phase: at the full rate the untrained LLM's
 # gradient undoes part of what the encoder phase learned (its CTC loss rose 1.24 -> 1.9).
@@ -201,7 +202,7 @@ class Trainer:
         if self.encoder_phase(step):
             return CHUNK_SECONDS
         joint = self.steps - self.encoder_steps
-        progress = (step - self.encoder_steps) / (0.4 * joint)
+        progress = (step - self.encoder_steps) / (LENGTH_RAMP_SHARE * joint)
         return min(MAX_CLIP_SECONDS, CHUNK_SECONDS + (MAX_CLIP_SECONDS - CHUNK_SECONDS) * progress)
 
     def augment_strength(self, step: int) -> float:
