@@ -92,7 +92,7 @@ def test_compact_loss_is_the_full_vocabulary_cross_entropy(tmp_path: Path):
             p.copy_(p.bfloat16().float())
     batch = trainer.batch(step=10)
     with torch.no_grad():
-        answer, _ = trainer.loss(batch)
+        answer, *_ = trainer.loss(batch)
     save_compact(trainer.model.state_dict(), trainer.vocab.ids, tmp_path / "w.safetensors", {})
     checkpoint = Checkpoint(write_nano_checkpoint(NANO_CONFIG, tmp_path / "ckpt", tmp_path / "w.safetensors",
                                                   tokenizer_cache=tmp_path / "tokenizer-cache"))
@@ -107,6 +107,23 @@ def test_compact_loss_is_the_full_vocabulary_cross_entropy(tmp_path: Path):
         logits = hidden[:, :-1] @ full.output_weight().T  # all 151936 ids
         expected = F.cross_entropy(logits.flatten(0, 1), full_labels[:, 1:].flatten(), ignore_index=-100)
     assert float(answer) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_rows_are_taught_their_index_in_their_chunk(tmp_path: Path):
+    trainer = Trainer(tmp_path, seed=2, batch_size=2, steps=10, lr=1e-3)
+    trainer.load_or_build_bank(2, 3, seed=2)
+    batch = trainer.batch(step=10)  # clips of several chunks: the index restarts in each
+    assert len(batch.chunks) > len(batch.rows_per_clip)
+    with torch.no_grad():
+        _, _, position = trainer.loss(batch)
+        rows = trainer.model.audio_rows(batch.chunks, batch.lengths)[..., : NANO_CONFIG["language_config"]["hidden_size"]]
+        per_chunk, counted_on = [], []  # counted_on: numbered through the batch instead
+        for chunk, valid in zip(rows, downsampled_lengths(batch.lengths).tolist()):
+            log_p = trainer.position_head(chunk[:valid]).log_softmax(-1)
+            per_chunk += [-log_p[i, i] for i in range(valid)]
+            counted_on += [-log_p[i, min(len(counted_on) + i, log_p.shape[1] - 1)] for i in range(valid)]
+    assert float(position) == pytest.approx(float(torch.stack(per_chunk).mean()), rel=1e-5)
+    assert float(position) != pytest.approx(float(torch.stack(counted_on).mean()), rel=1e-3)
 
 
 def test_shipped_weights_hold_only_the_used_embedding_rows():

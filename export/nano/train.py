@@ -14,6 +14,8 @@ Training has two phases. The audio side (encoder, adapter, DeepStack mergers) fi
 the words alone, by CTC on single-chunk clips: a 4 s chunk is encoded independently of its
 neighbours, so short clips teach the encoder everything long ones would, many times faster
 without the LLM. Then the whole model trains on the real tasks with clips up to 20 s.
+In both phases a second training-only head asks each row for its index in its chunk, so the
+rows keep the position the LLM needs for a timestamp's tenths and hundredths.
 
     python -m export.nano.train --work-dir /tmp/nano --encoder-steps 7500 --steps 7500
 """
@@ -56,6 +58,10 @@ MAX_CLIP_SECONDS = 20.0
 CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per encoder chunk (4 s)
 CHUNK_SECONDS = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
 CTC_WEIGHT = 1.0
+CHUNK_ROWS = int(downsampled_lengths(torch.tensor([CHUNK_FRAMES]))[0])  # LLM rows per full chunk
+# CTC alone lets the rows forget where in their chunk they sit, and then the timestamps'
+# tenths and hundredths are guesses; a small weight keeps that position without crowding CTC.
+POSITION_WEIGHT = 0.2
 LENGTH_RAMP_SHARE = 0.4  # clips grow from one chunk to MAX_CLIP_SECONDS over this share of the joint phase
 ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
 # The encoder's learning-rate share in the joint phase: at the full rate the untrained LLM's
@@ -154,7 +160,10 @@ class Trainer:
         # Training-only head (not exported): CTC on the adapter's rows makes the encoder
         # learn the words early instead of the LLM learning only which commands are likely.
         self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.ids) + 1)
-        self.trained_parameters = [*self.model.parameters(), *self.ctc_head.parameters()]
+        # Training-only head (not exported): each row names its index in its chunk.
+        self.position_head = torch.nn.Linear(full.language.hidden_size, CHUNK_ROWS)
+        self.trained_parameters = [*self.model.parameters(), *self.ctc_head.parameters(),
+                                   *self.position_head.parameters()]
         encoder = list(self.model.audio_encoder.parameters())
         rest = [p for p in self.trained_parameters if all(p is not q for q in encoder)]
         groups = [{"params": encoder, "encoder": True}, {"params": rest, "encoder": False}]
@@ -233,18 +242,20 @@ class Trainer:
 
     # --- optimisation --------------------------------------------------------------------
 
-    def loss(self, batch: Batch, with_answer: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, batch: Batch, with_answer: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(answer cross-entropy, or 0 without the LLM; CTC of the transcript on the rows the
-        LLM receives)."""
+        LLM receives; cross-entropy of each such row's index in its chunk)."""
         rows = self.model.audio_rows(batch.chunks, batch.lengths)
-        valid = downsampled_lengths(batch.lengths)
-        rows = torch.cat([rows[i, : int(valid[i])] for i in range(len(batch.chunks))])  # sample-major order
+        valid = downsampled_lengths(batch.lengths).tolist()
+        rows = torch.cat([rows[i, :v] for i, v in enumerate(valid)])  # sample-major order
         answer = self.answer_loss(batch, rows) if with_answer else torch.zeros(())
-        per_clip = rows[:, : self.model.cfg.language.hidden_size].split(batch.rows_per_clip.tolist())
-        padded = torch.nn.utils.rnn.pad_sequence(list(per_clip))  # [T, B, hidden]
+        main_rows = rows[:, : self.model.cfg.language.hidden_size]
+        padded = torch.nn.utils.rnn.pad_sequence(list(main_rows.split(batch.rows_per_clip.tolist())))  # [T, B, hidden]
         ctc = F.ctc_loss(self.ctc_head(padded).log_softmax(-1), batch.ctc_targets, batch.rows_per_clip,
                          batch.ctc_lengths, blank=len(self.vocab.ids), zero_infinity=True)
-        return answer, ctc
+        index_in_chunk = torch.cat([torch.arange(v) for v in valid])
+        position = F.cross_entropy(self.position_head(main_rows), index_in_chunk)
+        return answer, ctc, position
 
     def answer_loss(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         hidden = self.model.hidden_states(batch.ids, rows)
@@ -286,8 +297,9 @@ class Trainer:
                 self.train_step(batch, losses)
                 if self.step % log_every == 0:
                     elapsed = time.perf_counter() - started
-                    answer, ctc = np.mean(losses, axis=0)
+                    answer, ctc, position = np.mean(losses, axis=0)
                     print(json.dumps({"step": self.step, "loss": round(float(answer), 4), "ctc": round(float(ctc), 4),
+                                      "position": round(float(position), 4),
                                       "lr": round(self.learning_rate(), 6), "elapsed_s": round(elapsed),
                                       "phase": "encoder" if self.encoder_phase(self.step - 1) else "joint"}),
                           flush=True)
@@ -295,22 +307,23 @@ class Trainer:
                 if self.step % save_every == 0 or self.step == last:
                     self.save_state(rng_state)
 
-    def train_step(self, batch: Batch, losses: list[tuple[float, float]]) -> None:
+    def train_step(self, batch: Batch, losses: list[tuple[float, float, float]]) -> None:
         joint = not self.encoder_phase(self.step)
         for group in self.optimizer.param_groups:
             scale = JOINT_ENCODER_LR_SCALE if group["encoder"] and joint else 1.0
             group["lr"] = self.learning_rate() * scale
-        answer, ctc = self.loss(batch, with_answer=joint)
+        answer, ctc, position = self.loss(batch, with_answer=joint)
         self.optimizer.zero_grad(set_to_none=True)
-        (answer + CTC_WEIGHT * ctc).backward()
+        (answer + CTC_WEIGHT * ctc + POSITION_WEIGHT * position).backward()
         torch.nn.utils.clip_grad_norm_(self.trained_parameters, 1.0)
         self.optimizer.step()
         self.step += 1
-        losses.append((answer.item(), ctc.item()))
+        losses.append((answer.item(), ctc.item(), position.item()))
 
     def save_state(self, rng_state: dict) -> None:
         path = self.work_dir / "state.pt"
-        torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+        torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(),
+                    "position_head": self.position_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                     "vocab": self.vocab.ids, "rng": rng_state,
                     "torch_rng": torch.get_rng_state()}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
@@ -324,6 +337,7 @@ class Trainer:
             raise RuntimeError(f"{path} was trained with another vocabulary")
         self.model.load_state_dict(state["model"])
         self.ctc_head.load_state_dict(state["ctc_head"])
+        self.position_head.load_state_dict(state["position_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.rng.bit_generator.state = state["rng"]
