@@ -15,7 +15,8 @@ the words alone, by CTC on single-chunk clips: a 4 s chunk is encoded independen
 neighbours, so short clips teach the encoder everything long ones would, many times faster
 without the LLM. Then the whole model trains on the real tasks with clips up to 20 s.
 In both phases a second training-only head asks each row for its index in its chunk, so the
-rows keep the position the LLM needs for a timestamp's tenths and hundredths.
+rows keep the position a timestamp's tenths and hundredths need (the rows learn it; the shipped
+LLM still guesses those digits: benchmarks/nano_timestamp_digits.py).
 
     python -m export.nano.train --work-dir /tmp/nano --encoder-steps 7500 --steps 7500
 """
@@ -59,8 +60,8 @@ CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per enc
 CHUNK_SECONDS = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
 CTC_WEIGHT = 1.0
 CHUNK_ROWS = int(downsampled_lengths(torch.tensor([CHUNK_FRAMES]))[0])  # LLM rows per full chunk
-# CTC alone lets the rows forget where in their chunk they sit, and then the timestamps'
-# tenths and hundredths are guesses; a small weight keeps that position without crowding CTC.
+# CTC alone lets the rows forget where in their chunk they sit, which the timestamps' tenths
+# and hundredths depend on; a small weight keeps that position without crowding CTC.
 POSITION_WEIGHT = 0.2
 LENGTH_RAMP_SHARE = 0.4  # clips grow from one chunk to MAX_CLIP_SECONDS over this share of the joint phase
 ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
