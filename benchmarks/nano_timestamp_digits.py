@@ -4,6 +4,9 @@ Teacher-forced through the PyTorch reference on the benchmark's held-out clean c
 sentence-timestamp prompt: the cross-entropy and top-1 accuracy of every answer token, grouped
 as the whole seconds of a timestamp, its tenths, its hundredths, and everything else (words,
 brackets, the stop token). A digit the model cannot place scores ln 10 = 2.30 nats (chance).
+The tenths are also split by the boundary they belong to, a sentence's start or its end, and
+counted within one tenth as well (the likeliest digit at most one away, around the circle:
+chance 30%), since a start and an end are found from different evidence.
 
     python benchmarks/nano_timestamp_digits.py --weights shipped=export/nano/nano-weights.safetensors \
         [--weights earlier=OTHER.safetensors] --clips 80
@@ -38,6 +41,7 @@ from nano_quality import EVAL_SEED
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ROLES = ("seconds", "tenths", "hundredths", "other")
+BOUNDARIES = ("start", "end")
 
 
 def token_roles(pieces: list[str]) -> list[str]:
@@ -60,6 +64,25 @@ def token_roles(pieces: list[str]) -> list[str]:
     return roles
 
 
+def token_boundaries(pieces: list[str]) -> list[str | None]:
+    """For each answer token inside a timestamp, whether that timestamp is a sentence's
+    start or its end (they alternate: [start]text[end]); None outside timestamps."""
+    boundaries: list[str | None] = []
+    markers_opened, in_marker = 0, False
+    for piece in pieces:
+        boundaries.append(BOUNDARIES[(markers_opened - 1) % 2] if in_marker else None)
+        for char in piece:
+            if char == "[":
+                in_marker, markers_opened = True, markers_opened + 1
+            elif char == "]":
+                in_marker = False
+    return boundaries
+
+
+def circular_digit_distance(a: int, b: int) -> int:
+    return min((a - b) % 10, (b - a) % 10)
+
+
 def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dict[str, float]]:
     checkpoint_dir = write_nano_checkpoint(NANO_CONFIG, work / "checkpoint", weights, tokenizer_cache=work / "cache")
     checkpoint = Checkpoint(checkpoint_dir)
@@ -69,6 +92,8 @@ def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dic
     p = checkpoint.config.processor
     losses: dict[str, list[float]] = {r: [] for r in ROLES}
     hits: dict[str, list[bool]] = {r: [] for r in ROLES}
+    digit_ids = [encode(str(d))[0] for d in range(10)]
+    tenths_distance: dict[str, list[int]] = {b: [] for b in BOUNDARIES}
     with torch.no_grad():
         for clip in clips:
             rows = model.encode_audio(torch.from_numpy(features.log_mel_spectrogram(clip.audio)))
@@ -80,12 +105,22 @@ def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dic
             targets = ids[0, len(prompt):]
             token_losses = F.cross_entropy(logits, targets, reduction="none").tolist()
             correct = (logits.argmax(-1) == targets).tolist()
-            roles = token_roles([tokenizer.decode([t]) for t in answer]) + ["other"]  # the stop token
+            pieces = [tokenizer.decode([t]) for t in answer]
+            roles = token_roles(pieces) + ["other"]  # the stop token
             for role, loss, hit in zip(roles, token_losses, correct):
                 losses[role].append(loss)
                 hits[role].append(hit)
-    return {r: {"tokens": len(losses[r]), "cross_entropy": float(np.mean(losses[r])),
-                "top1": float(np.mean(hits[r]))} for r in ROLES}
+            likeliest_digit = logits[:, digit_ids].argmax(-1).tolist()
+            for i, (role, boundary) in enumerate(zip(roles, token_boundaries(pieces))):
+                if role == "tenths":
+                    want = digit_ids.index(answer[i])
+                    tenths_distance[boundary].append(circular_digit_distance(likeliest_digit[i], want))
+    scores = {r: {"tokens": len(losses[r]), "cross_entropy": float(np.mean(losses[r])),
+                  "top1": float(np.mean(hits[r]))} for r in ROLES}
+    for b, distances in tenths_distance.items():
+        scores[f"tenths_{b}"] = {"tokens": len(distances), "exact": float(np.mean([d == 0 for d in distances])),
+                                 "within_one": float(np.mean([d <= 1 for d in distances]))}
+    return scores
 
 
 def main() -> None:
@@ -116,6 +151,13 @@ def main() -> None:
              "| weights | " + " | ".join(ROLES) + " |", "|---|" + "---|" * len(ROLES)]
     for row in rows:
         cells = [f"{row[r]['cross_entropy']:.2f} nats, {100 * row[r]['top1']:.0f}% ({row[r]['tokens']})" for r in ROLES]
+        lines.append(f"| {row['weights']} | " + " | ".join(cells) + " |")
+    lines += ["", "The tenths by boundary: the likeliest digit exact (chance 10%) and at most one tenth away "
+              "(chance 30%).", "", "| weights | " + " | ".join(f"{b}s exact | {b}s within one" for b in BOUNDARIES)
+              + " |", "|---|" + "---|" * 2 * len(BOUNDARIES)]
+    for row in rows:
+        cells = [f"{100 * row[f'tenths_{b}'][k]:.0f}% ({row[f'tenths_{b}']['tokens']})"
+                 for b in BOUNDARIES for k in ("exact", "within_one")]
         lines.append(f"| {row['weights']} | " + " | ".join(cells) + " |")
     (RESULTS / "nano_timestamp_digits.md").write_text("\n".join(lines) + "\n")
 
