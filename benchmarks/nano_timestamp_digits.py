@@ -44,39 +44,35 @@ ROLES = ("seconds", "tenths", "hundredths", "other")
 BOUNDARIES = ("start", "end")
 
 
-def token_roles(pieces: list[str]) -> list[str]:
-    """The role of each answer token, from the decoded pieces: a single digit inside a
-    marker is seconds before its '.', then tenths, then hundredths."""
-    roles, in_marker, after_point = [], False, 0
+def token_places(pieces: list[str]) -> list[tuple[str, str | None]]:
+    """(role, boundary) of each answer token, from the decoded pieces. Role: a single digit
+    inside a marker is seconds before its '.', then tenths, then hundredths; anything else is
+    other. Boundary: for a token inside a marker, whether that marker is a sentence's start or
+    its end (they alternate: [start]text[end]); None outside markers."""
+    places: list[tuple[str, str | None]] = []
+    in_marker, after_point, markers_opened = False, 0, 0
     for piece in pieces:
         role = "other"
         if in_marker and len(piece) == 1 and piece.isdigit():
             role = ("seconds", "tenths", "hundredths")[min(after_point, 2)]
             after_point += after_point > 0
+        places.append((role, BOUNDARIES[(markers_opened - 1) % 2] if in_marker else None))
         for char in piece:
             if char == "[":
-                in_marker, after_point = True, 0
+                in_marker, after_point, markers_opened = True, 0, markers_opened + 1
             elif char == "]":
                 in_marker = False
             elif char == "." and in_marker:
                 after_point = 1
-        roles.append(role)
-    return roles
+    return places
+
+
+def token_roles(pieces: list[str]) -> list[str]:
+    return [role for role, _ in token_places(pieces)]
 
 
 def token_boundaries(pieces: list[str]) -> list[str | None]:
-    """For each answer token inside a timestamp, whether that timestamp is a sentence's
-    start or its end (they alternate: [start]text[end]); None outside timestamps."""
-    boundaries: list[str | None] = []
-    markers_opened, in_marker = 0, False
-    for piece in pieces:
-        boundaries.append(BOUNDARIES[(markers_opened - 1) % 2] if in_marker else None)
-        for char in piece:
-            if char == "[":
-                in_marker, markers_opened = True, markers_opened + 1
-            elif char == "]":
-                in_marker = False
-    return boundaries
+    return [boundary for _, boundary in token_places(pieces)]
 
 
 def circular_digit_distance(a: int, b: int) -> int:
@@ -106,12 +102,12 @@ def score_weights(weights: Path, clips: list[Clip], work: Path) -> dict[str, dic
             token_losses = F.cross_entropy(logits, targets, reduction="none").tolist()
             correct = (logits.argmax(-1) == targets).tolist()
             pieces = [tokenizer.decode([t]) for t in answer]
-            roles = token_roles(pieces) + ["other"]  # the stop token
-            for role, loss, hit in zip(roles, token_losses, correct):
+            places = token_places(pieces) + [("other", None)]  # the stop token
+            for (role, _), loss, hit in zip(places, token_losses, correct):
                 losses[role].append(loss)
                 hits[role].append(hit)
             likeliest_digit = logits[:, digit_ids].argmax(-1).tolist()
-            for i, (role, boundary) in enumerate(zip(roles, token_boundaries(pieces))):
+            for i, (role, boundary) in enumerate(places):
                 if role == "tenths":
                     want = digit_ids.index(answer[i])
                     tenths_distance[boundary].append(circular_digit_distance(likeliest_digit[i], want))
