@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from export.checkpoint import Checkpoint
-from export.nano.train import JOINT_ENCODER_LR_SCALE, NANO_CONFIG, Trainer, main
+from export.nano import corpus
+from export.nano.train import IM_END, JOINT_ENCODER_LR_SCALE, NANO_CONFIG, Trainer, boundary_rows, main
 from export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
 from export.reference import MossAudioReference, downsampled_lengths
 
@@ -115,7 +116,7 @@ def test_rows_are_taught_their_index_in_their_chunk(tmp_path: Path):
     batch = trainer.batch(step=10)  # clips of several chunks: the index restarts in each
     assert len(batch.chunks) > len(batch.rows_per_clip)
     with torch.no_grad():
-        _, _, position = trainer.loss(batch)
+        _, _, position, _ = trainer.loss(batch)
         rows = trainer.model.audio_rows(batch.chunks, batch.lengths)[..., : NANO_CONFIG["language_config"]["hidden_size"]]
         per_chunk, counted_on = [], []  # counted_on: numbered through the batch instead
         for chunk, valid in zip(rows, downsampled_lengths(batch.lengths).tolist()):
@@ -124,6 +125,54 @@ def test_rows_are_taught_their_index_in_their_chunk(tmp_path: Path):
             counted_on += [-log_p[i, min(len(counted_on) + i, log_p.shape[1] - 1)] for i in range(valid)]
     assert float(position) == pytest.approx(float(torch.stack(per_chunk).mean()), rel=1e-5)
     assert float(position) != pytest.approx(float(torch.stack(counted_on).mean()), rel=1e-3)
+
+
+def test_rows_in_a_sentence_name_its_start_and_end_rows_where_their_chunk_holds_them():
+    sentences = [corpus.Sentence(0.5, 1.3, "call mom"), corpus.Sentence(3.53, 4.6, "stop")]
+    first, second = boundary_rows(sentences, 0.0, 50), boundary_rows(sentences, 4.0, 20)
+    want_first = torch.full((50, 2), -100)
+    want_first[5:18] = torch.tensor([6, 16])  # rows centred within 0.1 s of 0.5-1.3 s; 0.5 s is row 6
+    want_first[43:, 0] = 44  # "stop" starts at row 44 of this chunk (its margin reaches row 43) and ends in the next
+    want_second = torch.full((20, 2), -100)
+    want_second[:9, 1] = 7  # 4.6 s is row 7 of the chunk from 4 s
+    assert torch.equal(first, want_first)
+    assert torch.equal(second, want_second)
+
+
+def test_batches_carry_one_boundary_target_per_row_and_clean_timestamp_clips(tmp_path: Path, monkeypatch):
+    trainer = Trainer(tmp_path, seed=3, batch_size=6, steps=10, lr=1e-3, encoder_steps=2)
+    trainer.load_or_build_bank(2, 3, seed=3)
+    composed: list[tuple[corpus.Clip, float]] = []
+    compose = corpus.compose_clip
+
+    def record(*args, augment: float):
+        clip = compose(*args, augment=augment)
+        composed.append((clip, augment))
+        return clip
+
+    monkeypatch.setattr(corpus, "compose_clip", record)
+    trainer.batch(step=1)  # the encoder phase, its ramp at full strength: no clip is spared
+    assert {augment for _, augment in composed} == {1.0}
+    composed.clear()
+    batch = trainer.batch(step=5)  # the joint phase
+    assert len(batch.boundary_rows) == int(batch.rows_per_clip.sum())
+    assert (batch.boundary_rows >= 0).any()
+    for (clip, augment), labels in zip(composed, batch.labels):
+        answer = [trainer.vocab.ids[t] for t in labels[labels != -100]]
+        timestamped = answer == trainer.encode(clip.timestamped) + [IM_END]
+        assert timestamped or answer == trainer.encode(clip.transcript) + [IM_END]
+        assert augment == (0.0 if timestamped else 1.0)
+    assert {augment for _, augment in composed} == {0.0, 1.0}
+
+
+def test_a_state_from_an_older_recipe_is_refused_by_name(tmp_path: Path):
+    trainer = Trainer(tmp_path, seed=0, batch_size=2, steps=10, lr=1e-3)
+    trainer.save_state(trainer.rng.bit_generator.state)
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    del state["boundary_head"]
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(RuntimeError, match="older recipe without boundary_head"):
+        Trainer(tmp_path, seed=0, batch_size=2, steps=10, lr=1e-3).load_state()
 
 
 def test_shipped_weights_hold_only_the_used_embedding_rows():

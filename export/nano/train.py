@@ -14,9 +14,13 @@ Training has two phases. The audio side (encoder, adapter, DeepStack mergers) fi
 the words alone, by CTC on single-chunk clips: a 4 s chunk is encoded independently of its
 neighbours, so short clips teach the encoder everything long ones would, many times faster
 without the LLM. Then the whole model trains on the real tasks with clips up to 20 s.
-In both phases a second training-only head asks each row for its index in its chunk, so the
-rows keep the position a timestamp's tenths and hundredths need (the rows learn it; the shipped
-LLM still guesses those digits: benchmarks/nano_timestamp_digits.py).
+In both phases two more training-only heads shape the rows for the timestamps: one asks each
+row for its index in its chunk, the other asks each row inside a sentence for the index of that
+sentence's start and end rows (where they lie in its chunk). Every row of a sentence is to hold
+where it begins and ends, so that the LLM may read a time marker's digits from any of them rather
+than from the one boundary row (whether it does: benchmarks/nano_timestamp_digits.py).
+In the joint phase, clips drawn for the timestamp task are composed without noise or echo (in a
+trial this moved the timestamps; the transcription task keeps the augmentation).
 
     python -m export.nano.train --work-dir /tmp/nano --encoder-steps 7500 --steps 7500
 """
@@ -63,6 +67,9 @@ CHUNK_ROWS = int(downsampled_lengths(torch.tensor([CHUNK_FRAMES]))[0])  # LLM ro
 # CTC alone lets the rows forget where in their chunk they sit, which the timestamps' tenths
 # and hundredths depend on; a small weight keeps that position without crowding CTC.
 POSITION_WEIGHT = 0.2
+BOUNDARY_WEIGHT = 0.5
+BOUNDARY_MARGIN_SECONDS = 0.1  # rows this close outside a sentence also learn its boundaries
+ROW_SECONDS = CHUNK_SECONDS / CHUNK_ROWS
 LENGTH_RAMP_SHARE = 0.4  # clips grow from one chunk to MAX_CLIP_SECONDS over this share of the joint phase
 ENCODER_BATCH_SIZE = 16  # clips per step of the encoder phase (one chunk each: cheap)
 # The encoder's learning-rate share in the joint phase: at the full rate the untrained LLM's
@@ -79,6 +86,7 @@ class Batch:
     ctc_targets: torch.Tensor  # every clip's transcript ids, concatenated
     ctc_lengths: torch.Tensor  # [B]
     rows_per_clip: torch.Tensor  # [B] encoder rows of each clip
+    boundary_rows: torch.Tensor  # [rows, 2] each row's sentence's start and end row in its chunk, or -100
 
 
 class Vocabulary:
@@ -105,6 +113,22 @@ def collect_vocabulary(encode, processor_ids: tuple[int, int, int], seed: int) -
         ids.update(encode(clip.transcript))
         ids.update(encode(clip.timestamped))
     return Vocabulary(ids)
+
+
+def boundary_rows(sentences: list[corpus.Sentence], chunk_start: float, n_rows: int) -> torch.Tensor:
+    """For each of a chunk's rows inside a sentence (give or take the margin): the in-chunk
+    index of the row where that sentence starts and of the row where it ends; -100 where the
+    row is in no sentence or the boundary lies in another chunk (which this one cannot see)."""
+    targets = torch.full((n_rows, 2), -100, dtype=torch.long)
+    centres = chunk_start + (np.arange(n_rows) + 0.5) * ROW_SECONDS
+    for sentence in sentences:
+        inside = torch.from_numpy((centres >= sentence.start - BOUNDARY_MARGIN_SECONDS)
+                                  & (centres <= sentence.end + BOUNDARY_MARGIN_SECONDS))
+        for column, time in enumerate((sentence.start, sentence.end)):
+            row = math.floor((time - chunk_start) / ROW_SECONDS)
+            if 0 <= row < CHUNK_ROWS:
+                targets[inside, column] = row
+    return targets
 
 
 def torch_log_mel(audio: np.ndarray, filters: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
@@ -161,10 +185,12 @@ class Trainer:
         # Training-only head (not exported): CTC on the adapter's rows makes the encoder
         # learn the words early instead of the LLM learning only which commands are likely.
         self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.ids) + 1)
-        # Training-only head (not exported): each row names its index in its chunk.
+        # Training-only heads (not exported): each row names its index in its chunk, and the
+        # indices of its sentence's start and end rows.
         self.position_head = torch.nn.Linear(full.language.hidden_size, CHUNK_ROWS)
+        self.boundary_head = torch.nn.Linear(full.language.hidden_size, 2 * CHUNK_ROWS)
         self.trained_parameters = [*self.model.parameters(), *self.ctc_head.parameters(),
-                                   *self.position_head.parameters()]
+                                   *self.position_head.parameters(), *self.boundary_head.parameters()]
         encoder = list(self.model.audio_encoder.parameters())
         rest = [p for p in self.trained_parameters if all(p is not q for q in encoder)]
         groups = [{"params": encoder, "encoder": True}, {"params": rest, "encoder": False}]
@@ -212,18 +238,22 @@ class Trainer:
         return min(1.0, step / (0.5 * self.encoder_steps)) if self.encoder_steps else 1.0
 
     def batch(self, step: int) -> Batch:
-        chunks, lengths, sequences, ctc_targets, rows_per_clip = [], [], [], [], []
-        for _ in range(ENCODER_BATCH_SIZE if self.encoder_phase(step) else self.batch_size):
+        chunks, lengths, sequences, ctc_targets, rows_per_clip, boundaries = [], [], [], [], [], []
+        encoder_phase = self.encoder_phase(step)
+        for _ in range(ENCODER_BATCH_SIZE if encoder_phase else self.batch_size):
             group = self.bank[int(self.rng.integers(len(self.bank)))]
+            timestamps = self.rng.random() < 0.5
+            clean = timestamps and not encoder_phase  # the encoder phase has no answers
             clip = corpus.compose_clip(group, self.rng, self.max_clip_seconds(step),
-                                       augment=self.augment_strength(step))
+                                       augment=0.0 if clean else self.augment_strength(step))
             mel = spec_augment(torch_log_mel(clip.audio, self.filters, self.window), self.rng)
             n_rows = 0
-            for piece in mel.split(CHUNK_FRAMES, dim=1):
+            for index, piece in enumerate(mel.split(CHUNK_FRAMES, dim=1)):
                 chunks.append(F.pad(piece, (0, CHUNK_FRAMES - piece.shape[1])))
                 lengths.append(piece.shape[1])
-                n_rows += int(downsampled_lengths(torch.tensor([piece.shape[1]]))[0])
-            timestamps = self.rng.random() < 0.5
+                valid = int(downsampled_lengths(torch.tensor([piece.shape[1]]))[0])
+                boundaries.append(boundary_rows(clip.sentences, index * CHUNK_SECONDS, valid))
+                n_rows += valid
             instruction = SENTENCE_TIMESTAMPS if timestamps else TRANSCRIBE
             prompt = prompt_ids(n_rows, self.encode, instruction, self.processor_ids)
             answer = self.encode(clip.timestamped if timestamps else clip.transcript) + [IM_END]
@@ -239,13 +269,14 @@ class Trainer:
             labels[b, len(prompt): len(prompt) + len(answer)] = torch.tensor(answer)
         return Batch(torch.stack(chunks), torch.tensor(lengths), ids, labels,
                      torch.tensor([t for target in ctc_targets for t in target]),
-                     torch.tensor([len(t) for t in ctc_targets]), torch.tensor(rows_per_clip))
+                     torch.tensor([len(t) for t in ctc_targets]), torch.tensor(rows_per_clip), torch.cat(boundaries))
 
     # --- optimisation --------------------------------------------------------------------
 
-    def loss(self, batch: Batch, with_answer: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(self, batch: Batch, with_answer: bool = True) -> tuple[torch.Tensor, ...]:
         """(answer cross-entropy, or 0 without the LLM; CTC of the transcript on the rows the
-        LLM receives; cross-entropy of each such row's index in its chunk)."""
+        LLM receives; cross-entropy of each such row's index in its chunk; cross-entropy of
+        its sentence's start and end rows)."""
         rows = self.model.audio_rows(batch.chunks, batch.lengths)
         valid = downsampled_lengths(batch.lengths).tolist()
         rows = torch.cat([rows[i, :v] for i, v in enumerate(valid)])  # sample-major order
@@ -256,7 +287,9 @@ class Trainer:
                          batch.ctc_lengths, blank=len(self.vocab.ids), zero_infinity=True)
         index_in_chunk = torch.cat([torch.arange(v) for v in valid])
         position = F.cross_entropy(self.position_head(main_rows), index_in_chunk)
-        return answer, ctc, position
+        boundary = F.cross_entropy(self.boundary_head(main_rows).view(-1, CHUNK_ROWS), batch.boundary_rows.view(-1),
+                                   ignore_index=-100)
+        return answer, ctc, position, boundary
 
     def answer_loss(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         hidden = self.model.hidden_states(batch.ids, rows)
@@ -298,9 +331,9 @@ class Trainer:
                 self.train_step(batch, losses)
                 if self.step % log_every == 0:
                     elapsed = time.perf_counter() - started
-                    answer, ctc, position = np.mean(losses, axis=0)
+                    answer, ctc, position, boundary = np.mean(losses, axis=0)
                     print(json.dumps({"step": self.step, "loss": round(float(answer), 4), "ctc": round(float(ctc), 4),
-                                      "position": round(float(position), 4),
+                                      "position": round(float(position), 4), "boundary": round(float(boundary), 4),
                                       "lr": round(self.learning_rate(), 6), "elapsed_s": round(elapsed),
                                       "phase": "encoder" if self.encoder_phase(self.step - 1) else "joint"}),
                           flush=True)
@@ -308,23 +341,24 @@ class Trainer:
                 if self.step % save_every == 0 or self.step == last:
                     self.save_state(rng_state)
 
-    def train_step(self, batch: Batch, losses: list[tuple[float, float, float]]) -> None:
+    def train_step(self, batch: Batch, losses: list[tuple[float, ...]]) -> None:
         joint = not self.encoder_phase(self.step)
         for group in self.optimizer.param_groups:
             scale = JOINT_ENCODER_LR_SCALE if group["encoder"] and joint else 1.0
             group["lr"] = self.learning_rate() * scale
-        answer, ctc, position = self.loss(batch, with_answer=joint)
+        answer, ctc, position, boundary = self.loss(batch, with_answer=joint)
         self.optimizer.zero_grad(set_to_none=True)
-        (answer + CTC_WEIGHT * ctc + POSITION_WEIGHT * position).backward()
+        (answer + CTC_WEIGHT * ctc + POSITION_WEIGHT * position + BOUNDARY_WEIGHT * boundary).backward()
         torch.nn.utils.clip_grad_norm_(self.trained_parameters, 1.0)
         self.optimizer.step()
         self.step += 1
-        losses.append((answer.item(), ctc.item(), position.item()))
+        losses.append((answer.item(), ctc.item(), position.item(), boundary.item()))
 
     def save_state(self, rng_state: dict) -> None:
         path = self.work_dir / "state.pt"
         torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(),
-                    "position_head": self.position_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "position_head": self.position_head.state_dict(),
+                    "boundary_head": self.boundary_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                     "vocab": self.vocab.ids, "rng": rng_state,
                     "torch_rng": torch.get_rng_state()}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
@@ -336,9 +370,14 @@ class Trainer:
         state = torch.load(path, weights_only=False)
         if state["vocab"] != self.vocab.ids:
             raise RuntimeError(f"{path} was trained with another vocabulary")
+        missing = [head for head in ("position_head", "boundary_head") if head not in state]
+        if missing:
+            raise RuntimeError(f"{path} was saved by an older recipe without {' and '.join(missing)}: "
+                               "train in a new --work-dir")
         self.model.load_state_dict(state["model"])
         self.ctc_head.load_state_dict(state["ctc_head"])
         self.position_head.load_state_dict(state["position_head"])
+        self.boundary_head.load_state_dict(state["boundary_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.rng.bit_generator.state = state["rng"]
