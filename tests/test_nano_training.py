@@ -85,6 +85,18 @@ def test_the_encoder_learns_slower_in_the_joint_phase(tmp_path: Path, capsys, mo
     assert all(encoder == pytest.approx(rest * JOINT_ENCODER_LR_SCALE) for step, encoder, rest in seen[2:])
 
 
+def test_the_encoder_phase_holds_its_rate_then_anneals_it_before_the_joint_phase_warms_up(tmp_path: Path):
+    trainer = Trainer(tmp_path, seed=0, batch_size=2, steps=1000, lr=1e-3, encoder_steps=1000)
+    rates = []
+    for step in range(2000):
+        trainer.step = step
+        rates.append(trainer.learning_rate())
+    assert rates[49:800] == [1e-3] * 751  # warmed up, then held
+    assert all(a > b for a, b in zip(rates[800:1000], rates[801:1000]))  # annealed
+    assert rates[999] == pytest.approx(5e-5, rel=1e-2)  # 5% at the last step
+    assert rates[1000] < rates[999] and rates[1299] == pytest.approx(1e-3)  # the joint phase warms up again
+
+
 def test_compact_loss_is_the_full_vocabulary_cross_entropy(tmp_path: Path):
     trainer = Trainer(tmp_path, seed=1, batch_size=2, steps=10, lr=1e-3)
     trainer.load_or_build_bank(2, 3, seed=1)
