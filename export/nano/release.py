@@ -65,8 +65,8 @@ def model_card(quality: dict[str, Any] | None, weights: Path = WEIGHTS_FILE) -> 
             "data": ("espeak-ng sentences from a command grammar (digits, numbers, rooms, devices, names, "
                      f"short commands), {len(corpus.ACCENTS)} English accents x {len(split.train_variants)} voice "
                      f"variants, speeds {list(corpus.TRAIN_SPEEDS)} words/min, random pitch; clips up to "
-                     f"{MAX_CLIP_SECONDS:.0f} s with random silences, noise (5-40 dB SNR), room echo and gain; "
-                     "SpecAugment"),
+                     f"{MAX_CLIP_SECONDS:.0f} s with random silences, noise (5-40 dB SNR), room echo and gain (the "
+                     "timestamp task's clips without noise or echo once the LLM trains); SpecAugment"),
             "tasks": list(INSTRUCTIONS),
             "command": TRAIN_COMMAND,
             "seed": 0,
