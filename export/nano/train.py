@@ -19,8 +19,8 @@ row for its index in its chunk, the other asks each row inside a sentence for th
 sentence's start and end rows (where they lie in its chunk). Every row of a sentence is to hold
 where it begins and ends, so that the LLM may read a time marker's digits from any of them rather
 than from the one boundary row (whether it does: benchmarks/nano_timestamp_digits.py).
-In the joint phase, clips drawn for the timestamp task are composed without noise or echo (in a
-trial this moved the timestamps; the transcription task keeps the augmentation).
+In the joint phase, clips drawn for the timestamp task are composed without noise or echo, so that
+it learns the boundaries where they are sharp (the transcription task keeps the augmentation).
 
     python -m export.nano.train --work-dir /tmp/nano --encoder-steps 7500 --steps 7500
 """
