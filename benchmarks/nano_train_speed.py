@@ -1,27 +1,36 @@
 """What the nano training recipe costs on this machine: seconds per step in each part of it,
 and the whole recipe's time estimated from them.
 
-Three kinds of step, each timed through `Trainer.train` (the next batch composed beside the
-step, as in a real run; each timing starts with one batch composed alone and ends with one
-state saved): an encoder-phase step (16 single-chunk clips, CTC only), a joint step at the
-start of the joint phase (12 clips of <= 4 s) and one at full length (12 clips of <= 20 s, the
-last 60% of the joint phase). The clips grow linearly in between, so the estimate takes the
-mean of the two joint figures for the growing 40%.
+Three kinds of step, each timed through `Trainer.train` (each timing ends with one state
+saved): an encoder-phase step (16 single-chunk clips, CTC only), a joint step at the start of
+the joint phase (12 clips of <= 4 s) and one at full length (12 clips of <= 20 s, the last 60%
+of the joint phase). The clips grow linearly in between, so the estimate takes the mean of the
+two joint figures for the growing 40%.
 
-    python benchmarks/nano_train_speed.py [--work-dir /tmp/nano-speed] [--steps 20] [--repeats 3]
+With `--baseline REV`, every repeat also times the trainer of git commit REV (extracted into a
+temporary directory) on the same batches, right after this tree's: the ratio says what the
+changes since REV buy, measured in one run on one machine. Each timing runs in a fresh process
+whose imports come from the tree it times.
+
+    python benchmarks/nano_train_speed.py [--work-dir /tmp/nano-speed] [--steps 20] [--repeats 5] [--baseline REV]
 
 Writes benchmarks/results/nano_train_speed.{json,md}. Needs espeak-ng and the export extra;
-the first run synthesises a small speech bank into --work-dir (kept for later runs).
+the first timing synthesises a small speech bank into --work-dir (kept for later ones).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edge_runtime.bench import machine_name
@@ -37,11 +46,30 @@ PARTS = {  # part -> a step in it
 }
 
 
-def seconds_per_step(trainer: Trainer, first: int, steps: int) -> float:
-    trainer.step = first
-    started = time.perf_counter()
-    trainer.train(log_every=steps, save_every=steps, stop_after=first + steps)
-    return (time.perf_counter() - started) / steps
+def time_parts(work_dir: Path, steps: int, data_seed: int) -> dict[str, float]:
+    """Seconds per step of each part: `steps` steps from its first, on the batches a generator
+    seeded with `data_seed` draws."""
+    trainer = Trainer(work_dir, seed=0, batch_size=12, steps=PHASE_STEPS, lr=1e-3, encoder_steps=PHASE_STEPS)
+    trainer.load_or_build_bank(30, 8, 0)
+    per_step = {}
+    for part, first in PARTS.items():
+        trainer.rng, trainer.step = np.random.default_rng(data_seed), first
+        started = time.perf_counter()
+        trainer.train(log_every=steps, save_every=steps, stop_after=first + steps)
+        per_step[part] = (time.perf_counter() - started) / steps
+    return per_step
+
+
+def time_tree(tree: Path, args: argparse.Namespace, data_seed: int) -> dict[str, float]:
+    """time_parts in a fresh process that imports the trainer from `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, __file__, "--worker", str(data_seed), "--work-dir", str(args.work_dir),
+               "--steps", str(args.steps), "--threads", str(args.threads)]
+    out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
+    report = json.loads(out.splitlines()[-1])
+    if not Path(report["trainer"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"timed the trainer in {report['trainer']}, not the one in {tree}")
+    return report["seconds_per_step"]
 
 
 def recipe_seconds(per_step: dict[str, float], encoder_steps: int, joint_steps: int) -> float:
@@ -54,39 +82,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/nano-speed"))
     parser.add_argument("--steps", type=int, default=20, help="training steps per timing")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--encoder-steps", type=int, default=7500, help="the recipe to estimate")
     parser.add_argument("--joint-steps", type=int, default=7500)
+    parser.add_argument("--baseline", help="a git commit whose trainer to time beside this tree's")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one timing, with this data seed
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    trainer = Trainer(args.work_dir, seed=0, batch_size=12, steps=PHASE_STEPS, lr=1e-3, encoder_steps=PHASE_STEPS)
-    trainer.load_or_build_bank(30, 8, 0)
-    timings: dict[str, list[float]] = {part: [] for part in PARTS}
-    for repeat in range(args.repeats):
-        for part, first in PARTS.items():
-            timings[part].append(seconds_per_step(trainer, first, args.steps))
-        print(json.dumps({"repeat": repeat, **{p: round(t[-1], 3) for p, t in timings.items()}}), flush=True)
-    per_step = {part: statistics.median(t) for part, t in timings.items()}
-    estimate = recipe_seconds(per_step, args.encoder_steps, args.joint_steps)
+    if args.worker is not None:
+        report = {"trainer": sys.modules[Trainer.__module__].__file__,
+                  "seconds_per_step": time_parts(args.work_dir, args.steps, args.worker)}
+        print(json.dumps(report))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        trees = {"this tree": ROOT}
+        if args.baseline:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", scratch], input=archive, check=True)
+            trees[f"baseline {args.baseline}"] = Path(scratch)
+        timings = {name: {part: [] for part in PARTS} for name in trees}
+        for repeat in range(args.repeats):
+            for name, tree in trees.items():
+                for part, seconds in time_tree(tree, args, data_seed=repeat).items():
+                    timings[name][part].append(seconds)
+                print(json.dumps({"repeat": repeat, "tree": name, **{p: round(t[-1], 3) for p, t in timings[name].items()}}),
+                      flush=True)
+    per_step = {name: {part: statistics.median(t) for part, t in timings[name].items()} for name in trees}
+    estimate = {name: recipe_seconds(per_step[name], args.encoder_steps, args.joint_steps) / 60 for name in trees}
     result = {
         "machine": machine_name(),
         "date": datetime.date.today().isoformat(),
         "command": f"python benchmarks/nano_train_speed.py --steps {args.steps} --repeats {args.repeats} "
-                   f"--threads {args.threads} --encoder-steps {args.encoder_steps} --joint-steps {args.joint_steps}",
+                   f"--threads {args.threads} --encoder-steps {args.encoder_steps} --joint-steps {args.joint_steps}"
+                   + (f" --baseline {args.baseline}" if args.baseline else ""),
         "seconds_per_step": per_step, "timings": timings,
         "recipe": {"encoder_steps": args.encoder_steps, "joint_steps": args.joint_steps},
-        "estimated_recipe_minutes": estimate / 60,
+        "estimated_recipe_minutes": estimate,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "nano_train_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    names = list(trees)
     lines = ["# Nano training: what a step costs here", "",
              f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`.", "",
-             f"Seconds per step through `Trainer.train`; median of {args.repeats} timings of {args.steps} steps.", "",
-             "| part of the recipe | s/step |", "|---|---|"]
-    lines += [f"| {part} | {seconds:.2f} |" for part, seconds in per_step.items()]
+             f"Seconds per step through `Trainer.train`: median (min-max) of {args.repeats} timings of {args.steps} "
+             "steps, each tree's timings of a repeat on the same batches.", "",
+             "| part of the recipe | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
+             "|---|" + "---|" * (len(names) + (len(names) > 1))]
+    for part in PARTS:
+        cells = [f"{per_step[n][part]:.2f} ({min(timings[n][part]):.2f}-{max(timings[n][part]):.2f})" for n in names]
+        if len(names) > 1:
+            cells.append(f"{per_step[names[0]][part] / per_step[names[1]][part]:.2f}")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
     lines += ["", f"Estimated time of the recipe ({args.encoder_steps} encoder + {args.joint_steps} joint steps): "
-              f"{estimate / 60:.0f} minutes.", ""]
+              + "; ".join(f"{n}, {estimate[n]:.0f} minutes" for n in names) + ".", ""]
     (RESULTS / "nano_train_speed.md").write_text("\n".join(lines))
 
 
