@@ -78,7 +78,7 @@ JOINT_ENCODER_LR_SCALE = 0.3
 # cosine decay took its CTC loss from 0.86 to 0.62.
 ENCODER_DECAY_SHARE = 0.2
 # Sequences per LLM pass in the joint phase: sorted by length and padded only to the longest of
-# their group, a batch of clips of 1-20 s runs ~1/3 fewer padded positions through the LLM.
+# their group, batches of clips of 1-20 s took ~1/3 less LLM time here than padded as one.
 LENGTH_GROUP_SIZE = 3
 
 
