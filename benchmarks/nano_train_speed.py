@@ -46,6 +46,14 @@ PARTS = {  # part -> a step in it
 }
 
 
+def extract_commit(revision: str, into: Path) -> Path:
+    """The files of git commit `revision` of this repository, written under `into`."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], check=True, capture_output=True).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def time_parts(work_dir: Path, steps: int, data_seed: int) -> dict[str, float]:
     """Seconds per step of each part: `steps` steps from its first, on the batches a generator
     seeded with `data_seed` draws."""
@@ -98,9 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"this tree": ROOT}
         if args.baseline:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], check=True, capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", scratch], input=archive, check=True)
-            trees[f"baseline {args.baseline}"] = Path(scratch)
+            trees[f"baseline {args.baseline}"] = extract_commit(args.baseline, Path(scratch))
         timings = {name: {part: [] for part in PARTS} for name in trees}
         for repeat in range(args.repeats):
             for name, tree in trees.items():
