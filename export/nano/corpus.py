@@ -293,12 +293,18 @@ def _fast_size(n: int) -> int:
 def held_out_clips(count: int, seed: int, augment: bool = False, max_seconds: float = 20.0) -> list[Clip]:
     """The evaluation set: held-out voice variants and speeds, fixed by `seed`; `augment`
     adds training's noise, echo and gain."""
-    split = split_variants()
+    return evaluation_clips(count, seed, split_variants().held_out_variants, HELD_OUT_SPEEDS, augment, max_seconds)
+
+
+def evaluation_clips(count: int, seed: int, variants: Sequence[str], speeds: Sequence[int], augment: bool = False,
+                     max_seconds: float = 20.0) -> list[Clip]:
+    """`count` clips fixed by `seed`, each of one random voice setting (accent, one of `variants`,
+    one of `speeds`, pitch) saying random sentences, synthesised afresh."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     clips = []
     for _ in range(count):
-        voice = random_voice(rng, split.held_out_variants, HELD_OUT_SPEEDS)
+        voice = random_voice(rng, variants, speeds)
         texts = [random_sentence(rng) for _ in range(6)]
         utterances = [Utterance(t, voice, to_int16(synthesize(t, voice))) for t in texts]
         clips.append(compose_clip(utterances, nrng, max_seconds, augment=1.0 if augment else 0.0))
