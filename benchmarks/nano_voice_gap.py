@@ -36,9 +36,7 @@ def breakdown(clips: list[Clip], scores: list[ClipScore], key) -> dict[str, dict
     groups: dict[str, list[ClipScore]] = {}
     for clip, score in zip(clips, scores):
         groups.setdefault(str(key(clip)), []).append(score)
-    return {name: {"words": sum(s.reference_words for s in group),
-                   "wer": sum(s.word_errors for s in group) / sum(s.reference_words for s in group)}
-            for name, group in sorted(groups.items())}
+    return {name: {k: summarize(group)[k] for k in ("words", "wer")} for name, group in sorted(groups.items())}
 
 
 def main() -> None:
