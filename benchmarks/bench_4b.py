@@ -40,8 +40,9 @@ import numpy as np
 import onnxruntime
 import soundfile
 from bench_report import write_outputs  # benchmarks/ is the script's directory
-from export_4b import EXPORT, RESULTS, WRITE_CHECKPOINT, run_step
+from export_4b import EXPORT, WRITE_CHECKPOINT, run_step
 from quantize_4b import QUANTIZE, VARIANTS
+from results_file import RESULTS, stamp
 from stream_latency import PAUSE_S, SENTENCES, SR, build_clip, realtime_run
 
 from edge_runtime import bench
@@ -229,7 +230,7 @@ def main() -> None:
         stream[name] = streaming(bundles[name], clip, ends, args.threads, rate, args.runs)
     manifests = {name: load_bundle(path).manifest for name, path in bundles.items()}
     result = {
-        "machine": bench.machine_name(), "date": datetime.date.today().isoformat(), "command": command,
+        **stamp(command),
         "threads": args.threads, "runs": args.runs, "smoke": args.smoke,
         "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "versions": {"onnxruntime": onnxruntime.__version__, "llama_cpp_python": llama_cpp.__version__,

@@ -7,8 +7,9 @@ machine reaches its measured ones, so they are estimates, not measurements.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from results_file import write_results  # benchmarks/ is the script's directory
 
 # Public specifications (not measured here).
 TARGETS = {
@@ -77,7 +78,7 @@ def _share(llm: dict, phase: str) -> str:
     return f"{llm['runtime'][f'{phase}_tok_s'] / llm['limits'][f'{phase}_tok_s']:.0%}"
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict) -> list[str]:
     ids, legend = _runs(result)
     this = ids[(result["machine"], result["date"], result["command"])]
     n, clip, versions = result["threads"], result["clip"], result["versions"]
@@ -148,7 +149,7 @@ def markdown(result: dict) -> str:
                        for target, est in result["estimates"].items() for name, v in est["variants"].items()]),
               "", "Specs used (public, not measured here):", "",
               *(f"- {target}: {est['spec']}" for target, est in result["estimates"].items())]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -181,8 +182,6 @@ def plot(result: dict, path: Path) -> bool:
 
 def write_outputs(result: dict, results_dir: Path, name: str) -> None:
     result["estimates"] = estimates(result)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (results_dir / f"{name}.md").write_text(markdown(result))
+    write_results(name, result, markdown(result), results_dir)
     plotted = plot(result, results_dir / f"{name}.png")
     print(f"wrote {results_dir / name}.json, .md{', .png' if plotted else ' (no matplotlib: no plot)'}")

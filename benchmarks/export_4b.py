@@ -11,16 +11,14 @@ Writes benchmarks/results/export_4b.json and benchmarks/results/export_4b.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
 WRITE_CHECKPOINT = """
 import sys
@@ -67,10 +65,7 @@ def main() -> None:
     steps["export"] = run_step(EXPORT, str(checkpoint), str(bundle), args.llm_type)
     manifest = json.loads((bundle / "manifest.json").read_text())
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-        "date": datetime.date.today().isoformat(),
-        "command": f"python benchmarks/export_4b.py --work-dir {args.work_dir} --llm-type {args.llm_type}",
+        **stamp(f"python benchmarks/export_4b.py --work-dir {args.work_dir} --llm-type {args.llm_type}"),
         "steps": steps,
         "sizes_gib": {
             "checkpoint_bf16": round(directory_size(checkpoint) / 2**30, 2),
@@ -79,17 +74,15 @@ def main() -> None:
         },
         "encoder_parity": manifest["parity"],
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "export_4b.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [f"| {name} | {s['wall_s']} | {s['peak_rss_gib']} |" for name, s in steps.items()]
     sizes = [f"| {name} | {size} |" for name, size in result["sizes_gib"].items()]
-    (RESULTS / "export_4b.md").write_text("\n".join([
+    write_results("export_4b", result, [
         "# Export at 4B scale (random weights, published MOSS-Audio-4B-Instruct config)", "",
-        f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`", "",
+        provenance(result), "",
         "| step | wall s | peak RSS GiB |", "|---|---|---|", *rows, "",
         "| file | GiB |", "|---|---|", *sizes, "",
         f"Encoder ONNX vs PyTorch rows, max relative error: "
-        f"{manifest['parity']['encoder_rows_max_rel_error']:.2e}", ""]))
+        f"{manifest['parity']['encoder_rows_max_rel_error']:.2e}"])
     print(json.dumps(result, indent=2))
     if not args.keep:
         import shutil

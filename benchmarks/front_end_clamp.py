@@ -13,10 +13,7 @@ Writes benchmarks/results/front_end_clamp_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -27,8 +24,8 @@ from edge_runtime.features import LogMelStream, log_mel_spectrogram
 from edge_runtime.llm import generate
 from edge_runtime.transcribe import MossAudio
 from export.synthetic_speech import SAMPLE_TEXT, speak
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SR = 16000
 
 
@@ -77,21 +74,16 @@ def main() -> None:
             "greedy_tokens_identical_prefix": f"{same}/{len(tokens_offline)}",
         })
         print(json.dumps(rows[-1]))
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
-              "command": f"python benchmarks/front_end_clamp.py --bundle {args.bundle} --name {args.name}",
+    result = {**stamp(f"python benchmarks/front_end_clamp.py --bundle {args.bundle} --name {args.name}"),
               "bundle_model_card": model.manifest.model_card or "random weights (no model card)", "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"front_end_clamp_{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = ["| case | s | mel values changed % | chunks changed | encoder rows rel. change | greedy tokens identical |",
              "|---|---|---|---|---|---|"]
     table += [f"| {r['case']} | {r['seconds']} | {r['mel_values_changed_pct']} | {r['chunks_changed']} | "
               f"{r['encoder_rows_rel_change']:.2e} | {r['greedy_tokens_identical_prefix']} |" for r in rows]
-    (RESULTS / f"front_end_clamp_{args.name}.md").write_text("\n".join([
+    write_results(f"front_end_clamp_{args.name}", result, [
         f"# Live front end (running-maximum clamp) vs offline (global maximum) — {args.name} bundle", "",
-        f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`", "",
-        *table, "",
-        "Greedy agreement is over 32 tokens; on a random-weight bundle it shows sensitivity, not quality.", ""]))
-
+        provenance(result), "", *table, "",
+        "Greedy agreement is over 32 tokens; on a random-weight bundle it shows sensitivity, not quality."])
 
 if __name__ == "__main__":
     main()

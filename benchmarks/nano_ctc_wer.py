@@ -13,10 +13,7 @@ Writes benchmarks/results/nano_ctc_wer.{json,md}. Needs espeak-ng and the export
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -26,9 +23,8 @@ from transformers import AutoTokenizer
 from export.nano.corpus import Clip, held_out_clips, word_errors, words
 from export.nano.train import CHUNK_SECONDS, MAX_CLIP_SECONDS, Trainer, torch_log_mel
 from nano_quality import EVAL_SEED
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CLIP_LENGTHS = {"20 s": MAX_CLIP_SECONDS, "4 s": CHUNK_SECONDS}  # the longest clip each set may hold
 
 
@@ -80,12 +76,9 @@ def main() -> None:
             rows.append({"state": name, "path": path, **score_state(Path(path), clip_sets, Path(scratch))})
             print(json.dumps(rows[-1]), flush=True)
     command = f"python benchmarks/nano_ctc_wer.py --clips {args.clips}" + "".join(f" --state '{n}={p}'" for n, p in named)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
-              "command": command, "clips_per_set": args.clips, "eval_seed": EVAL_SEED, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nano_ctc_wer.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {**stamp(command), "clips_per_set": args.clips, "eval_seed": EVAL_SEED, "rows": rows}
     lines = [f"# Nano training states: greedy-CTC word error rate ({args.clips} held-out clean clips per set)", "",
-             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{command}`.", "",
+             provenance(result), "",
              "The training-only CTC head on the rows the LLM would receive, the clip chunked as at inference. "
              "Clips of up to 20 s span several chunks; clips of up to 4 s mostly one.", "",
              "| state | step | " + " | ".join(f"WER, clips <= {n}" for n in CLIP_LENGTHS) + " |",
@@ -93,7 +86,7 @@ def main() -> None:
     for row in rows:
         cells = [f"{100 * row[n]['wer']:.1f}% ({row[n]['words']} words)" for n in CLIP_LENGTHS]
         lines.append(f"| {row['state']} | {row['step']} | " + " | ".join(cells) + " |")
-    (RESULTS / "nano_ctc_wer.md").write_text("\n".join(lines) + "\n")
+    write_results("nano_ctc_wer", result, lines)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@ Writes benchmarks/results/nano_quality.{json,md}. Needs espeak-ng and the quanti
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +22,8 @@ from edge_runtime.bundle import EMBEDDED_BUNDLES, load_bundle
 from export.nano.corpus import held_out_clips
 from export.nano.quality import evaluate
 from quantize.bundle_quant import quantize_bundle
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FLOAT_NAME = "fp32 + F16 (float)"
 # name -> quantize_bundle options, quantized from the float bundle here (each also runs the
 # fidelity report, minutes on 2 cores); the shipped recipe is measured as the embedded bundle.
@@ -83,17 +80,13 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     audio_s = {name: round(sum(len(c.audio) for c in clips) / 16000, 1) for name, clips in sets.items()}
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.date.today().isoformat(),
-        "command": f"python benchmarks/nano_quality.py --float-bundle {args.float_bundle} --clips {args.clips}"
-                   + "".join(f" --choice '{c}'" for c in args.choice)
-                   + (f" --threads {args.threads}" if args.threads else ""),
+        **stamp(f"python benchmarks/nano_quality.py --float-bundle {args.float_bundle} --clips {args.clips}"
+                + "".join(f" --choice '{c}'" for c in args.choice)
+                + (f" --threads {args.threads}" if args.threads else "")),
         "clips_per_set": args.clips, "audio_s": audio_s, "eval_seed": EVAL_SEED, "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Nano model quality on held-out voices and speeds ({args.clips} clips per set)", "",
-             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`.", "",
+             provenance(result), "",
              f"Clips: voice variants and speeds never used in training; *clean* ({audio_s['clean'] / 60:.1f} min) "
              f"as synthesised, *noisy* ({audio_s['noisy'] / 60:.1f} min) with training's noise (5-40 dB SNR), "
              "room echo and gain. WER: plain transcription (`Transcribe the audio.`). Timestamp MAE: mean "
@@ -109,7 +102,7 @@ def main() -> None:
                      f"{100 * r['timestamp_text_wer']:.1f}% | {r['timestamp_mae_ms']:.0f} | "
                      f"{100 * r['sentences_matched']:.1f}% | {100 * r['clips_times_inside_and_ordered']:.0f}% | "
                      f"{100 * r['wer_worst_clip']:.0f}% / {r['timestamp_mae_ms_worst_clip']:.0f} |")
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, result, lines)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,8 @@ Writes benchmarks/results/nano_timestamp_digits.{json,md}. Needs espeak-ng and t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -37,9 +34,9 @@ from export.nano.train import IM_END, NANO_CONFIG
 from export.nano.weights import WEIGHTS_FILE, write_nano_checkpoint
 from export.reference import MossAudioReference, prompt_ids
 from nano_quality import EVAL_SEED
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 ROLES = ("seconds", "tenths", "hundredths", "other")
 BOUNDARIES = ("start", "end")
 
@@ -134,13 +131,10 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     command = (f"python benchmarks/nano_timestamp_digits.py --clips {args.clips}"
                + "".join(f" --weights '{name}={path}'" for name, path in named if args.weights))
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
-              "command": command, "clips": args.clips, "eval_seed": EVAL_SEED, "chance_nats": math.log(10),
+    result = {**stamp(command), "clips": args.clips, "eval_seed": EVAL_SEED, "chance_nats": math.log(10),
               "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nano_timestamp_digits.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Nano model: how well it knows each digit of its timestamps ({args.clips} held-out clean clips)", "",
-             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{command}`.", "",
+             provenance(result), "",
              "Teacher-forced answers to the sentence-timestamp prompt through the PyTorch reference: mean "
              "cross-entropy (nats) and top-1 accuracy of each kind of answer token. Chance for a digit: "
              f"{math.log(10):.2f} nats, 10%.", "",
@@ -155,7 +149,7 @@ def main() -> None:
         cells = [f"{100 * row[f'tenths_{b}'][k]:.0f}% ({row[f'tenths_{b}']['tokens']})"
                  for b in BOUNDARIES for k in ("exact", "within_one")]
         lines.append(f"| {row['weights']} | " + " | ".join(cells) + " |")
-    (RESULTS / "nano_timestamp_digits.md").write_text("\n".join(lines) + "\n")
+    write_results("nano_timestamp_digits", result, lines)
 
 
 if __name__ == "__main__":

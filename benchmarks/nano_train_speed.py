@@ -20,7 +20,6 @@ the first timing synthesises a small speech bank into --work-dir (kept for later
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -33,11 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.bench import machine_name
 from export.nano.train import LENGTH_RAMP_SHARE, Trainer
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 PHASE_STEPS = 10**6  # long phases, so that a step number picks its part of the schedule
 PARTS = {  # part -> a step in it
     "encoder": PHASE_STEPS // 2,
@@ -117,20 +115,16 @@ def main() -> None:
     per_step = {name: {part: statistics.median(t) for part, t in timings[name].items()} for name in trees}
     estimate = {name: recipe_seconds(per_step[name], args.encoder_steps, args.joint_steps) / 60 for name in trees}
     result = {
-        "machine": machine_name(),
-        "date": datetime.date.today().isoformat(),
-        "command": f"python benchmarks/nano_train_speed.py --steps {args.steps} --repeats {args.repeats} "
-                   f"--threads {args.threads} --encoder-steps {args.encoder_steps} --joint-steps {args.joint_steps}"
-                   + (f" --baseline {args.baseline}" if args.baseline else ""),
+        **stamp(f"python benchmarks/nano_train_speed.py --steps {args.steps} --repeats {args.repeats} "
+                f"--threads {args.threads} --encoder-steps {args.encoder_steps} --joint-steps {args.joint_steps}"
+                + (f" --baseline {args.baseline}" if args.baseline else "")),
         "seconds_per_step": per_step, "timings": timings,
         "recipe": {"encoder_steps": args.encoder_steps, "joint_steps": args.joint_steps},
         "estimated_recipe_minutes": estimate,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nano_train_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     names = list(trees)
     lines = ["# Nano training: what a step costs here", "",
-             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`.", "",
+             provenance(result), "",
              f"Seconds per step through `Trainer.train`: median (min-max) of {args.repeats} timings of {args.steps} "
              "steps, each tree's timings of a repeat on the same batches.", "",
              "| part of the recipe | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
@@ -141,8 +135,8 @@ def main() -> None:
             cells.append(f"{per_step[names[0]][part] / per_step[names[1]][part]:.2f}")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     lines += ["", f"Estimated time of the recipe ({args.encoder_steps} encoder + {args.joint_steps} joint steps): "
-              + "; ".join(f"{n}, {estimate[n]:.0f} minutes" for n in names) + ".", ""]
-    (RESULTS / "nano_train_speed.md").write_text("\n".join(lines))
+              + "; ".join(f"{n}, {estimate[n]:.0f} minutes" for n in names) + "."]
+    write_results("nano_train_speed", result, lines)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,7 @@ Writes benchmarks/results/nano_voice_gap.{json,md}. Needs espeak-ng.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 from pathlib import Path
 
 from edge_runtime.bundle import EMBEDDED_BUNDLES
@@ -26,8 +23,8 @@ from edge_runtime.transcribe import MossAudio
 from export.nano.corpus import TRAIN_SPEEDS, Clip, evaluation_clips, held_out_clips, split_variants
 from export.nano.quality import ClipScore, score_clip, summarize
 from nano_quality import EVAL_SEED
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SETS = ("held-out voices", "training voices")
 
 
@@ -56,12 +53,9 @@ def main() -> None:
                      "by_speed_wpm": breakdown(clips, scores, lambda c: c.voice.speed)})
         print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("by_")}), flush=True)
     command = f"python benchmarks/nano_voice_gap.py --bundle {args.bundle} --clips {args.clips}"
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
-              "command": command, "clips_per_set": args.clips, "eval_seed": EVAL_SEED, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nano_voice_gap.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {**stamp(command), "clips_per_set": args.clips, "eval_seed": EVAL_SEED, "rows": rows}
     lines = [f"# Nano model: held-out voices against training voices ({args.clips} clean clips per set)", "",
-             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{command}`.", "",
+             provenance(result), "",
              "Held-out voices: voice variants and speeds never used in training (the clean set of "
              "nano_quality.md). Training voices: the variants and speeds training uses, with new random voice "
              "settings and sentences. WER: plain transcription; timestamp MAE: sentence start and end times.", "",
@@ -74,7 +68,7 @@ def main() -> None:
         lines += ["", f"WER by {title} (reference words):", "", "| set | value | WER |", "|---|---|---|"]
         for r in rows:
             lines += [f"| {r['set']} | {value} | {100 * g['wer']:.1f}% ({g['words']}) |" for value, g in r[field].items()]
-    (RESULTS / "nano_voice_gap.md").write_text("\n".join(lines) + "\n")
+    write_results("nano_voice_gap", result, lines)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ Writes benchmarks/results/quantize_4b.json and benchmarks/results/quantize_4b.md
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,9 +36,10 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.encoder import split_chunks
 from edge_runtime.features import log_mel_spectrogram
 from edge_runtime.llm import LlamaModel
-from export_4b import RESULTS, run_step  # benchmarks/ is the script's directory
+from export_4b import run_step  # benchmarks/ is the script's directory
 from quantize.fidelity import compare_rows, probe_signals
 from quantize.onnx_quant import quantize_encoder
+from results_file import stamp, write_results
 
 QUANTIZE = """
 import sys
@@ -150,7 +149,7 @@ def mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
-def write_markdown(result: dict, path: Path) -> None:
+def markdown(result: dict) -> list[str]:
     enc, fid = result["encoder_speed"], result["encoder_fidelity"]
     lines = ["# Quantization at 4B scale (random weights, published MOSS-Audio-4B-Instruct config)", "",
              f"Machine: {result['machine']}. Date: {result['date']}. Threads: {result['threads']}.",
@@ -188,8 +187,7 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append(f"| {name} | {s['encoder_bytes'] / 2**30:.2f} | {s['llm_bytes'] / 2**30:.2f} | "
                      f"{mem['peak_rss_bytes'] / 2**30:.2f} ({mem['source_peak_rss_bytes'] / 2**30:.2f}) | "
                      f"{step['wall_s']} | {step['peak_rss_gib']} |")
-    lines += ["", f"llama.cpp system info: `{result['llama_system_info']}`", ""]
-    path.write_text("\n".join(lines))
+    return lines + ["", f"llama.cpp system info: `{result['llama_system_info']}`"]
 
 
 def main() -> None:
@@ -220,10 +218,7 @@ def main() -> None:
             "Q4_K_M": bundles["int4-Q4_K_M"] / "llm.gguf"}
     manifests = {name: load_bundle(path).manifest for name, path in bundles.items()}
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-        "date": datetime.date.today().isoformat(),
-        "command": f"python benchmarks/quantize_4b.py --bundle {args.bundle} --work-dir {args.work_dir}",
+        **stamp(f"python benchmarks/quantize_4b.py --bundle {args.bundle} --work-dir {args.work_dir}"),
         "threads": args.threads,
         "onnxruntime": ort.__version__, "llama_cpp_python": llama_cpp.__version__,
         "llama_system_info": llama_cpp.llama_print_system_info().decode().strip(),
@@ -238,9 +233,7 @@ def main() -> None:
         "encoder_recipes": {m.encoder.dtype: m.quantization["encoder_recipe"] for m in manifests.values()},
         "fidelity": {name: m.parity["fidelity"] for name, m in manifests.items()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quantize_4b.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result, RESULTS / "quantize_4b.md")
+    write_results("quantize_4b", result, markdown(result))
     print(json.dumps({k: result[k] for k in ("encoder_speed", "llm_speed")}, indent=2))
     if not args.keep:
         import shutil

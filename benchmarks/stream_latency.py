@@ -11,10 +11,7 @@ Writes benchmarks/results/stream_latency.{json,md}. Needs espeak-ng.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -26,8 +23,8 @@ from edge_runtime.audio import load_audio
 from edge_runtime.stream import StreamConfig, StreamingSession
 from edge_runtime.transcribe import MossAudio
 from export.synthetic_speech import speak
+from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SR = 16000
 BLOCK = 1600  # 100 ms blocks, as a microphone delivers them
 SENTENCES = [
@@ -137,20 +134,15 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.date.today().isoformat(),
-        "command": "python benchmarks/stream_latency.py " + " ".join(f"--bundle {b}" for b in args.bundle)
-                   + f" --runs {args.runs} --timestamps {args.timestamps}"
-                   + (f" --threads {args.threads}" if args.threads else "")
-                   + (f" --tokens-per-second {args.tokens_per_second}" if args.tokens_per_second else ""),
+        **stamp("python benchmarks/stream_latency.py " + " ".join(f"--bundle {b}" for b in args.bundle)
+                + f" --runs {args.runs} --timestamps {args.timestamps}"
+                + (f" --threads {args.threads}" if args.threads else "")
+                + (f" --tokens-per-second {args.tokens_per_second}" if args.tokens_per_second else "")),
         "clip_s": round(len(clip) / SR, 1), "utterances": len(ends), "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Streaming latency ({args.timestamps} timestamps), {result['clip_s']} s clip, "
              f"{len(ends)} utterances, real-time pace", "",
-             f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`. "
-             f"Medians of {args.runs} runs.", "",
+             f"{provenance(result)} Medians of {args.runs} runs.", "",
              "| bundle | drafts | end-of-utterance → final p50 s | p95 s | readout mean s | draft tokens accepted | max lag s | RTF (as fast as possible) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -160,7 +152,7 @@ def main() -> None:
             lines.append(f"| {row['bundle']} ({row['llm']}, encoder {row['encoder']}) | {key == 'drafts'} | "
                          f"{r['latency_p50_s']} | {r['latency_p95_s']} | {r['readout_mean_s']} | {accepted} | "
                          f"{r['max_lag_s']} | {row['rtf'] if key == 'drafts' else ''} |")
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, result, lines)
 
 
 if __name__ == "__main__":
