@@ -18,43 +18,43 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from export.nano.corpus import Clip, held_out_clips, word_errors, words
-from export.nano.train import CHUNK_SECONDS, MAX_CLIP_SECONDS, Trainer, torch_log_mel
+from export.nano.train import CHUNK_SECONDS, MAX_CLIP_SECONDS, Trainer, check_state_vocabulary, torch_log_mel
 from nano_quality import EVAL_SEED
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
 CLIP_LENGTHS = {"20 s": MAX_CLIP_SECONDS, "4 s": CHUNK_SECONDS}  # the longest clip each set may hold
 
 
-def greedy_ctc_ids(trainer: Trainer, clip: Clip) -> list[int]:
-    """Token ids: the clip chunked as at inference, each chunk's rows through the CTC head,
-    argmax, repeats merged and blanks dropped."""
+def greedy_ctc_words(trainer: Trainer, clip: Clip) -> list[str]:
+    """The clip chunked as at inference, each chunk's rows through the CTC head, argmax,
+    repeats merged and blanks dropped: the words of the remaining classes."""
     mel = torch_log_mel(clip.audio, trainer.filters, trainer.window)
     rows = trainer.model.encode_audio(mel)[:, : trainer.model.cfg.language.hidden_size]
-    blank, ids, previous = len(trainer.vocab.ids), [], None
+    found, previous = [], None
     for best in trainer.ctc_head(rows).argmax(-1).tolist():
-        if best != previous and best != blank:
-            ids.append(trainer.vocab.ids[best])
+        if best != previous and best != trainer.ctc_blank:
+            found.append(trainer.vocab.words[best])
         previous = best
-    return ids
+    return found
 
 
 def score_state(path: Path, clip_sets: dict[str, list[Clip]], scratch: Path) -> dict:
     trainer = Trainer(scratch, seed=0, batch_size=1, steps=0, lr=0.0)
     state = torch.load(path, weights_only=False)
-    if state["vocab"] != trainer.vocab.ids:
-        raise SystemExit(f"{path} was trained with another vocabulary")
+    try:
+        check_state_vocabulary(state, trainer.vocab, path)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
     trainer.model.load_state_dict(state["model"])
     trainer.ctc_head.load_state_dict(state["ctc_head"])
     trainer.model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(scratch / "tokenizer"))
     scores = {"step": state["step"]}
     with torch.no_grad():
         for name, clips in clip_sets.items():
             truth = [words(" ".join(s.text for s in clip.sentences)) for clip in clips]
-            errors = sum(word_errors(t, words(tokenizer.decode(greedy_ctc_ids(trainer, c)))) for t, c in zip(truth, clips))
+            errors = sum(word_errors(t, greedy_ctc_words(trainer, c)) for t, c in zip(truth, clips))
             reference_words = sum(len(t) for t in truth)
             scores[name] = {"words": reference_words, "wer": errors / reference_words}
     return scores

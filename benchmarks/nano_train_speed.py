@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--encoder-steps", type=int, default=7500, help="the recipe to estimate")
+    parser.add_argument("--encoder-steps", type=int, default=5000, help="the recipe to estimate")
     parser.add_argument("--joint-steps", type=int, default=7500)
     parser.add_argument("--baseline", help="a git commit whose trainer to time beside this tree's")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one timing, with this data seed

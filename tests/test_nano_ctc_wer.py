@@ -1,5 +1,5 @@
 """benchmarks/nano_ctc_wer.py: greedy CTC decoding reads every row of every chunk, merges
-repeats and drops blanks."""
+repeats and drops blanks, and names the words of the classes left."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from nano_ctc_wer import greedy_ctc_ids  # noqa: E402
+from nano_ctc_wer import greedy_ctc_words  # noqa: E402
 from nano_quality import EVAL_SEED  # noqa: E402
 
 from edge_runtime import features  # noqa: E402
@@ -25,7 +25,7 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks_over_all_rows(tmp_path:
     frames = len(clip.audio) // features.HOP_LENGTH
     pieces = [CHUNK_FRAMES] * (frames // CHUNK_FRAMES) + ([frames % CHUNK_FRAMES] if frames % CHUNK_FRAMES else [])
     rows = int(downsampled_lengths(torch.tensor(pieces)).sum())
-    blank = len(trainer.vocab.ids)
+    blank = trainer.ctc_blank
     # rows in runs of three: first word, second word, blank, first word again, ...
     classes = [(0, 1, blank)[(i // 3) % 3] for i in range(rows)]
     seen = []
@@ -36,8 +36,8 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks_over_all_rows(tmp_path:
 
     trainer.ctc_head = head
     with torch.no_grad():
-        ids = greedy_ctc_ids(trainer, clip)
+        found = greedy_ctc_words(trainer, clip)
     assert seen == [rows] and len(pieces) >= 2
-    want = [trainer.vocab.ids[c] for i, c in enumerate(classes) if c != blank and (i == 0 or classes[i - 1] != c)]
-    first, second = trainer.vocab.ids[:2]
-    assert ids == want and ids[:4] == [first, second, first, second]
+    want = [trainer.vocab.words[c] for i, c in enumerate(classes) if c != blank and (i == 0 or classes[i - 1] != c)]
+    first, second = trainer.vocab.words[:2]
+    assert found == want and found[:4] == [first, second, first, second]

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from export.checkpoint import Checkpoint
 from export.nano import corpus
-from export.nano.train import IM_END, JOINT_ENCODER_LR_SCALE, LENGTH_GROUP_SIZE, NANO_CONFIG, Trainer, boundary_rows, main
+from export.nano.train import (IM_END, JOINT_ENCODER_LR_SCALE, LENGTH_GROUP_SIZE, NANO_CONFIG, Trainer, boundary_rows, main,
+                              torch_log_mel)
 from export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
-from export.reference import MossAudioReference, downsampled_lengths
+from export.reference import MossAudioReference, downsampled_lengths, sinusoid_positions
 
 ARGS = ["--encoder-steps", "2", "--steps", "3", "--batch-size", "2", "--voices", "3", "--sentences-per-voice", "4", "--log-every", "1",
         "--threads", "2"]
@@ -177,6 +178,36 @@ def test_batches_carry_one_boundary_target_per_row_and_clean_timestamp_clips(tmp
         assert timestamped or answer == trainer.encode(clip.transcript) + [IM_END]
         assert augment == (0.0 if timestamped else 1.0)
     assert {augment for _, augment in composed} == {0.0, 1.0}
+    # CTC targets: each clip's words, one class per word
+    targets = batch.ctc_targets.split(batch.ctc_lengths.tolist())
+    for (clip, _), target in zip(composed, targets):
+        assert [trainer.vocab.words[c] for c in target] == " ".join(s.text for s in clip.sentences).split()
+    assert trainer.ctc_head.out_features == len(trainer.vocab.words) + 1 == trainer.ctc_blank + 1
+
+
+def test_the_grammar_words_are_the_ctc_classes(tmp_path: Path):
+    trainer = Trainer(tmp_path, seed=0, batch_size=1, steps=0, lr=0.0)
+    grammar = {*corpus.DIGITS, *corpus.NUMBERS, *corpus.DIRECTIONS}
+    for phrases in (corpus.ROOMS, corpus.DEVICES, corpus.OPENABLE, corpus.NAMES, corpus.SHORT_COMMANDS):
+        grammar.update(w for phrase in phrases for w in phrase.split())
+    assert grammar <= set(trainer.vocab.words) and len(trainer.vocab.words) < 120
+    assert trainer.vocab.words == sorted(set(trainer.vocab.words))
+
+
+def test_the_convolution_stem_keeps_the_speech_above_the_positions(tmp_path: Path):
+    """The stem's output must vary over a spoken clip on the scale of the sinusoid positions
+    added to it (PyTorch's default init left it at ~1% of them)."""
+    trainer = Trainer(tmp_path, seed=0, batch_size=1, steps=0, lr=0.0)
+    clip = corpus.held_out_clips(1, seed=5, max_seconds=4.0)[0]
+    mel = torch_log_mel(clip.audio, trainer.filters, trainer.window)[None, None]
+    encoder = trainer.model.audio_encoder
+    with torch.no_grad():
+        x = mel
+        for conv in (encoder.conv1, encoder.conv2, encoder.conv3):
+            x = F.gelu(conv(x))
+        content = encoder.stem_proj(x.permute(0, 3, 1, 2).flatten(2))[0]
+    positions = sinusoid_positions(content.shape[0], content.shape[1])
+    assert float(content.std(0).mean()) > 0.1 * float(positions.std(0).mean())
 
 
 def test_a_state_from_an_older_recipe_is_refused_by_name(tmp_path: Path):
@@ -186,6 +217,11 @@ def test_a_state_from_an_older_recipe_is_refused_by_name(tmp_path: Path):
     del state["boundary_head"]
     torch.save(state, tmp_path / "state.pt")
     with pytest.raises(RuntimeError, match="older recipe without boundary_head"):
+        Trainer(tmp_path, seed=0, batch_size=2, steps=10, lr=1e-3).load_state()
+    del state["ctc_words"]  # a CTC head over token ids
+    state["boundary_head"] = Trainer(tmp_path, seed=0, batch_size=2, steps=10, lr=1e-3).boundary_head.state_dict()
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(RuntimeError, match="CTC head over other classes"):
         Trainer(tmp_path, seed=0, batch_size=2, steps=10, lr=1e-3).load_state()
 
 

@@ -28,7 +28,7 @@ from .weights import WEIGHTS_FILE, write_nano_checkpoint
 # avx2: 7-bit int8 weights, exact on every x86 CPU (and on ARM); the bundle is portable.
 SHIPPED_RECIPE: dict[str, str] = {"encoder": "int8", "llm": "Q8_0", "embedding_type": "Q5_1", "int8_layout": "avx2"}
 SHIPPED_NAME = "int8 + Q8_0 (embedding Q5_1)"
-ENCODER_STEPS, JOINT_STEPS = 7500, 7500
+ENCODER_STEPS, JOINT_STEPS = 5000, 7500
 TRAIN_STEPS = ENCODER_STEPS + JOINT_STEPS
 TRAIN_COMMAND = (f"python -m export.nano.train --work-dir WORK --encoder-steps {ENCODER_STEPS} --steps {JOINT_STEPS} "
                  "--voices 1500 --sentences-per-voice 8 --weights-out export/nano/nano-weights.safetensors")
@@ -66,7 +66,7 @@ def model_card(quality: dict[str, Any] | None, weights: Path = WEIGHTS_FILE) -> 
                      f"short commands), {len(corpus.ACCENTS)} English accents x {len(split.train_variants)} voice "
                      f"variants, speeds {list(corpus.TRAIN_SPEEDS)} words/min, random pitch; clips up to "
                      f"{MAX_CLIP_SECONDS:.0f} s with random silences, noise (5-40 dB SNR), room echo and gain (the "
-                     "timestamp task's clips without noise or echo once the LLM trains); SpecAugment"),
+                     "timestamp task's clips without noise or echo once the LLM trains)"),
             "tasks": list(INSTRUCTIONS),
             "command": TRAIN_COMMAND,
             "seed": 0,

@@ -21,8 +21,11 @@ where it begins and ends, so that the LLM may read a time marker's digits from a
 than from the one boundary row (whether it does: benchmarks/nano_timestamp_digits.py).
 In the joint phase, clips drawn for the timestamp task are composed without noise or echo, so that
 it learns the boundaries where they are sharp (the transcription task keeps the augmentation).
+There is no SpecAugment: in a 2000-step trial of the encoder phase its masks cost words on
+held-out voices (greedy-CTC WER, benchmarks/nano_ctc_wer.py); the speed, pitch, gain, noise and
+echo the corpus varies are the augmentation.
 
-    python -m export.nano.train --work-dir /tmp/nano --encoder-steps 7500 --steps 7500
+    python -m export.nano.train --work-dir /tmp/nano --encoder-steps 5000 --steps 7500
 """
 from __future__ import annotations
 
@@ -89,36 +92,44 @@ class Batch:
     ids: torch.Tensor  # [B, T] prompt + answer, right-padded
     sequence_lengths: torch.Tensor  # [B] prompt + answer
     labels: torch.Tensor  # [B, T] answer ids where predicted, -100 elsewhere
-    ctc_targets: torch.Tensor  # every clip's transcript ids, concatenated
+    ctc_targets: torch.Tensor  # every clip's transcript as word classes, concatenated
     ctc_lengths: torch.Tensor  # [B]
     rows_per_clip: torch.Tensor  # [B] encoder rows of each clip
     boundary_rows: torch.Tensor  # [rows, 2] each row's sentence's start and end row in its chunk, or -100
 
 
 class Vocabulary:
-    """The used token ids <-> compact training ids."""
+    """The used token ids <-> compact training ids, and the grammar's words <-> CTC classes."""
 
-    def __init__(self, ids: set[int]):
+    def __init__(self, ids: set[int], words: set[str]):
         self.ids = sorted(ids)
         self.index = {t: i for i, t in enumerate(self.ids)}
+        self.words = sorted(words)
+        self.word_index = {w: i for i, w in enumerate(self.words)}
 
     def compact(self, ids: list[int]) -> list[int]:
         return [self.index[t] for t in ids]
 
+    def word_classes(self, sentences: list[corpus.Sentence]) -> list[int]:
+        return [self.word_index[w] for s in sentences for w in s.text.split()]
+
 
 def collect_vocabulary(encode, processor_ids: tuple[int, int, int], seed: int) -> Vocabulary:
-    """Every id a training sequence can hold: prompts, markers, answers for many sentences."""
+    """Every id a training sequence can hold (prompts, markers, answers) and every word of
+    its sentences, from many sentences."""
     rng = random.Random(seed)
     ids: set[int] = {IM_END, 151643, *processor_ids}
+    words: set[str] = set()
     for instruction in INSTRUCTIONS:
         ids.update(prompt_ids(25 * 12, encode, instruction, processor_ids))
     for _ in range(20000):
         text = corpus.random_sentence(rng)
+        words.update(text.split())
         start, end = rng.uniform(0, 19), rng.uniform(0, 20)
         clip = corpus.Clip(np.zeros(0, np.float32), [corpus.Sentence(start, end, text)] * 2, None)
         ids.update(encode(clip.transcript))
         ids.update(encode(clip.timestamped))
-    return Vocabulary(ids)
+    return Vocabulary(ids, words)
 
 
 def cosine_to_floor(progress: float) -> float:
@@ -153,20 +164,6 @@ def torch_log_mel(audio: np.ndarray, filters: torch.Tensor, window: torch.Tensor
     return (torch.maximum(log_mel, log_mel.max() - features.DYNAMIC_RANGE) + 4.0) / 4.0
 
 
-def spec_augment(mel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Two frequency and two time masks, filled with the clip's floor value."""
-    mel = mel.clone()
-    floor = mel.min()
-    for _ in range(2):
-        width = int(rng.integers(0, 13))
-        start = int(rng.integers(0, mel.shape[0] - width + 1))
-        mel[start:start + width] = floor
-        width = int(rng.integers(0, min(16, mel.shape[1] // 8) + 1))
-        start = int(rng.integers(0, mel.shape[1] - width + 1))
-        mel[:, start:start + width] = floor
-    return mel
-
-
 class Trainer:
     def __init__(self, work_dir: Path, seed: int, batch_size: int, steps: int, lr: float, encoder_steps: int = 0):
         self.work_dir = work_dir
@@ -198,7 +195,10 @@ class Trainer:
         self.bank: list[list[corpus.Utterance]] = []
         # Training-only head (not exported): CTC on the adapter's rows makes the encoder
         # learn the words early instead of the LLM learning only which commands are likely.
-        self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.ids) + 1)
+        # Its classes are whole words: a row then stands for a word, not for one of the word's
+        # tokens, whose split the audio does not show.
+        self.ctc_head = torch.nn.Linear(full.language.hidden_size, len(self.vocab.words) + 1)
+        self.ctc_blank = len(self.vocab.words)
         # Training-only heads (not exported): each row names its index in its chunk, and the
         # indices of its sentence's start and end rows.
         self.position_head = torch.nn.Linear(full.language.hidden_size, CHUNK_ROWS)
@@ -260,7 +260,7 @@ class Trainer:
             clean = timestamps and not encoder_phase  # the encoder phase has no answers
             clip = corpus.compose_clip(group, self.rng, self.max_clip_seconds(step),
                                        augment=0.0 if clean else self.augment_strength(step))
-            mel = spec_augment(torch_log_mel(clip.audio, self.filters, self.window), self.rng)
+            mel = torch_log_mel(clip.audio, self.filters, self.window)
             n_rows = 0
             for index, piece in enumerate(mel.split(CHUNK_FRAMES, dim=1)):
                 chunks.append(F.pad(piece, (0, CHUNK_FRAMES - piece.shape[1])))
@@ -272,7 +272,7 @@ class Trainer:
             prompt = prompt_ids(n_rows, self.encode, instruction, self.processor_ids)
             answer = self.encode(clip.timestamped if timestamps else clip.transcript) + [IM_END]
             sequences.append((self.vocab.compact(prompt), self.vocab.compact(answer)))
-            ctc_targets.append(self.vocab.compact(self.encode(clip.transcript)))
+            ctc_targets.append(self.vocab.word_classes(clip.sentences))
             rows_per_clip.append(n_rows)
         width = max(len(p) + len(a) for p, a in sequences)
         pad = self.vocab.index[IM_END]
@@ -298,7 +298,7 @@ class Trainer:
         main_rows = rows[:, : self.model.cfg.language.hidden_size]
         padded = torch.nn.utils.rnn.pad_sequence(list(main_rows.split(batch.rows_per_clip.tolist())))  # [T, B, hidden]
         ctc = F.ctc_loss(self.ctc_head(padded).log_softmax(-1), batch.ctc_targets, batch.rows_per_clip,
-                         batch.ctc_lengths, blank=len(self.vocab.ids), zero_infinity=True)
+                         batch.ctc_lengths, blank=self.ctc_blank, zero_infinity=True)
         index_in_chunk = torch.cat([torch.arange(v) for v in valid])
         position = F.cross_entropy(self.position_head(main_rows), index_in_chunk)
         boundary = F.cross_entropy(self.boundary_head(main_rows).view(-1, CHUNK_ROWS), batch.boundary_rows.view(-1),
@@ -382,7 +382,7 @@ class Trainer:
         torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(),
                     "position_head": self.position_head.state_dict(),
                     "boundary_head": self.boundary_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "vocab": self.vocab.ids, "rng": self.rng.bit_generator.state,
+                    "vocab": self.vocab.ids, "ctc_words": self.vocab.words, "rng": self.rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state()}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
 
@@ -391,8 +391,7 @@ class Trainer:
         if not path.exists():
             return False
         state = torch.load(path, weights_only=False)
-        if state["vocab"] != self.vocab.ids:
-            raise RuntimeError(f"{path} was trained with another vocabulary")
+        check_state_vocabulary(state, self.vocab, path)
         missing = [head for head in ("position_head", "boundary_head") if head not in state]
         if missing:
             raise RuntimeError(f"{path} was saved by an older recipe without {' and '.join(missing)}: "
@@ -413,15 +412,33 @@ class Trainer:
                       "batch_size": str(self.batch_size), "lr": str(self.lr)})
 
 
+def check_state_vocabulary(state: dict, vocab: Vocabulary, path: Path) -> None:
+    """A saved state's token ids and CTC words must be this trainer's."""
+    if state["vocab"] != vocab.ids:
+        raise RuntimeError(f"{path} was trained with another vocabulary")
+    if state.get("ctc_words") != vocab.words:
+        raise RuntimeError(f"{path} has a CTC head over other classes (an older recipe's tokens?): "
+                           "train in a new --work-dir")
+
+
 def nn_init(model: MossAudioReference) -> None:
-    """Small embeddings: they double as the output layer."""
+    """Small embeddings: they double as the output layer. A convolution stem that keeps the
+    signal's scale: with PyTorch's default init each GELU convolution shrank it about threefold,
+    so the stem's output was ~1% of the sinusoid positions added to it and the encoder's first
+    layers saw mostly where a row is, not what it holds."""
     torch.nn.init.normal_(model.language_model.embed_tokens.weight, std=0.02)
+    encoder = model.audio_encoder
+    for conv in (encoder.conv1, encoder.conv2, encoder.conv3):
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        torch.nn.init.zeros_(conv.bias)
+    torch.nn.init.normal_(encoder.stem_proj.weight, std=encoder.stem_proj.in_features ** -0.5)
+    torch.nn.init.zeros_(encoder.stem_proj.bias)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True)
-    parser.add_argument("--encoder-steps", type=int, default=7500, help="steps of the encoder phase (CTC alone)")
+    parser.add_argument("--encoder-steps", type=int, default=5000, help="steps of the encoder phase (CTC alone)")
     parser.add_argument("--steps", type=int, default=7500, help="steps of the joint phase")
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--lr", type=float, default=1e-3)
