@@ -97,16 +97,21 @@ class AudioEncoder(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(x) if hasattr(self, "out_proj") else x
 
+    def stem(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel [n, n_mels, T] -> [n, T'', d_model]: the convolutions and their projection,
+        before the positions are added."""
+        x = gelu(self.conv1(mel[:, None]))
+        x = gelu(self.conv2(x))
+        x = gelu(self.conv3(x))  # [n, C, F, T'']
+        return self.stem_proj(x.permute(0, 3, 1, 2).flatten(2))  # channel-major: index c*F + f
+
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """mel [n, n_mels, T] (chunks, each zero-padded to T), lengths [n] valid frames.
 
         Returns the final states [n, T'', output_dim] and the kept DeepStack states, in the
         order of deepstack_encoder_layer_indexes (all before the final norm).
         """
-        x = gelu(self.conv1(mel[:, None]))
-        x = gelu(self.conv2(x))
-        x = gelu(self.conv3(x))  # [n, C, F, T'']
-        x = self.stem_proj(x.permute(0, 3, 1, 2).flatten(2))  # channel-major: index c*F + f
+        x = self.stem(mel)
         x = x + sinusoid_positions(x.shape[1], x.shape[2]).to(x.dtype)
         key_mask = torch.arange(x.shape[1])[None, :] < downsampled_lengths(lengths)[:, None]
         kept: dict[int, torch.Tensor] = {}
