@@ -1,4 +1,4 @@
-"""MOSS-Audio-4B measured at full scale on this machine: the figures the README quotes.
+"""MOSS-Audio-4B measured at full scale on this machine: the figures README.md and docs/benchmarks.md quote.
 
 A random-weight checkpoint with the published MOSS-Audio-4B-Instruct config costs exactly
 what the real one costs, so every speed and memory figure is real. Steps:
@@ -39,16 +39,17 @@ import llama_cpp
 import numpy as np
 import onnxruntime
 import soundfile
-from bench_report import write_outputs  # benchmarks/ is the script's directory
+import llm_bench  # benchmarks/ is the script's directory
+from bench_report import write_outputs
 from export_4b import EXPORT, WRITE_CHECKPOINT, run_step
 from quantize_4b import QUANTIZE, VARIANTS
 from results_file import RESULTS, stamp
 from stream_latency import PAUSE_S, SENTENCES, SR, build_clip, realtime_run
 
-from edge_runtime import bench
 from edge_runtime.bundle import load_bundle
 from edge_runtime.encoder import AudioEncoder
 from edge_runtime.llm import LlamaModel
+from edge_runtime.measure import encoder_ms_per_chunk
 from edge_runtime.stream import StreamConfig
 from edge_runtime.transcribe import MossAudio
 
@@ -58,7 +59,7 @@ STEPS_FILE = "bench_4b_steps.json"
 END_TO_END = """
 import json, sys
 from edge_runtime.audio import load_audio
-from edge_runtime.bench import peak_rss_bytes, transcribe_clip
+from edge_runtime.measure import peak_rss_bytes, transcribe_clip
 from edge_runtime.transcribe import MossAudio
 bundle, clip, threads, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 samples = load_audio(clip)
@@ -118,7 +119,7 @@ def encoder_speed(bundles: dict[str, Path], thread_counts: list[int], runs: int)
         for name, bundle in ((name, load_bundle(path)) for name, path in bundles.items()):
             m = bundle.manifest
             encoders[name] = AudioEncoder(bundle.encoder_path, m.audio, m.model.row_width, threads=threads)
-        out[str(threads)] = bench.encoder_ms_per_chunk(encoders, runs)
+        out[str(threads)] = encoder_ms_per_chunk(encoders, runs)
         del encoders
         gc.collect()
     return out
@@ -130,11 +131,11 @@ def llm_speed(bundles: dict[str, Path], threads: int, runs: int, prefill: int, d
     out = {}
     for name, bundle in ((name, load_bundle(path)) for name, path in bundles.items()):
         print(f"LLM {name}", flush=True)
-        llm = LlamaModel(bundle.llm_path, n_ctx=prefill + decode + 64, n_batch=max(512, prefill), threads=threads)
-        costs = bench.llm_costs(llm, bundle.llm_path, prefill, decode)
-        out[name] = bench.llm_speed(llm, prefill, decode, runs) | {
-            "costs": costs, "limits": bench.llm_limits(costs, machine)}
-        llm.close()
+        model = MossAudio(bundle, device="cpu", threads=threads, n_ctx=prefill + decode + 64)
+        costs = llm_bench.llm_costs(model.engine._llm, bundle.llm_path, prefill, decode)
+        out[name] = llm_bench.llm_speed(model.engine, prefill, decode, runs) | {
+            "costs": costs, "limits": llm_bench.llm_limits(costs, machine)}
+        model.close()
     return out
 
 
@@ -172,7 +173,7 @@ def streaming(bundle: Path, clip: np.ndarray, ends: list[float], threads: int, r
     model = MossAudio(bundle, threads=threads)
     config = StreamConfig(timestamps="sentence", tokens_per_second=rate)
     results = [realtime_run(model, clip, ends, config) for _ in range(runs)]
-    model.llm.close()
+    model.close()
     return {field: statistics.median([r[field] for r in results if r[field] is not None] or [0])
             for field in results[0]} | {"runs": runs}
 
@@ -208,10 +209,10 @@ def main() -> None:
         prefill, decode, clip_s, buffer_bytes = 64, 8, 3.0, 2**26
     else:
         bundles, steps = build(args.work_dir, args.threads, command)
-        prefill, decode, clip_s, buffer_bytes = bench.PREFILL_TOKENS, bench.DECODE_TOKENS, 60.0, bench.BANDWIDTH_BYTES
+        prefill, decode, clip_s, buffer_bytes = llm_bench.PREFILL_TOKENS, llm_bench.DECODE_TOKENS, 60.0, llm_bench.BANDWIDTH_BYTES
     thread_counts = sorted({1, args.threads})
     print("machine limits", flush=True)
-    machine = {str(t): bench.machine_limits(t, buffer_bytes) for t in thread_counts}
+    machine = {str(t): llm_bench.machine_limits(t, buffer_bytes) for t in thread_counts}
     print("encoder", flush=True)
     encoder = encoder_speed(bundles, thread_counts, args.runs)
     llm = llm_speed(bundles, args.threads, args.runs, prefill, decode, machine[str(args.threads)])

@@ -20,16 +20,20 @@ from pathlib import Path
 
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
+ROOT = Path(__file__).resolve().parents[1]
+
 WRITE_CHECKPOINT = """
 import sys
 from pathlib import Path
-from export.synthetic_checkpoint import PUBLISHED_4B_CONFIG, write_random_checkpoint
+sys.path.insert(0, sys.argv[2])  # the repository: tests/ is not installed
+from moss_audio_edge.export.checkpoint_writer import PUBLISHED_4B_CONFIG
+from tests.fixtures.checkpoints import write_random_checkpoint
 write_random_checkpoint(Path(sys.argv[1]), PUBLISHED_4B_CONFIG, seed=0)
 """
 
 EXPORT = """
 import sys
-from export.bundle_export import export_bundle
+from moss_audio_edge.export.bundle_export import export_bundle
 export_bundle(sys.argv[1], sys.argv[2], llm_type=sys.argv[3])
 """
 
@@ -61,7 +65,7 @@ def main() -> None:
         if path.exists():
             raise SystemExit(f"{path} exists; remove it or choose another --work-dir")
 
-    steps = {"write_checkpoint": run_step(WRITE_CHECKPOINT, str(checkpoint))}
+    steps = {"write_checkpoint": run_step(WRITE_CHECKPOINT, str(checkpoint), str(ROOT))}
     steps["export"] = run_step(EXPORT, str(checkpoint), str(bundle), args.llm_type)
     manifest = json.loads((bundle / "manifest.json").read_text())
     result = {

@@ -1,8 +1,9 @@
 """What the live front end's running-maximum clamp changes against the offline global one.
 
-Offline, log-mel values are clamped at (clip maximum - 8) (SPEC §3); live, each 4 s chunk is
-clamped with the maximum seen so far in its window. For utterances the way a VAD window
-captures them (0.3 s of lead-in), at several levels, and with a quiet start that gets louder,
+Offline, log-mel values are clamped at (clip maximum - 8) (docs/format.md#log-mel-front-end);
+live, each 4 s chunk is clamped with the maximum seen so far in its window
+(docs/format.md#streaming-clamp). For utterances the way a VAD window captures them (0.3 s
+of lead-in), at several levels, and with a quiet start that gets louder,
 this measures the share of mel values that differ, the relative change of the encoder rows
 and whether greedy decoding of the window changes.
 
@@ -20,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.audio import load_audio
+from edge_runtime.features import SAMPLE_RATE as SR
 from edge_runtime.features import LogMelStream, log_mel_spectrogram
-from edge_runtime.llm import generate
+from edge_runtime.speech import SAMPLE_TEXT, speak
 from edge_runtime.transcribe import MossAudio
-from export.synthetic_speech import SAMPLE_TEXT, speak
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
-SR = 16000
 
 
 def live_mel(audio: np.ndarray) -> np.ndarray:
@@ -40,8 +40,8 @@ def live_mel(audio: np.ndarray) -> np.ndarray:
 
 
 def greedy(model: MossAudio, mel: np.ndarray, tokens: int = 32) -> list[int]:
-    model.prefill(model.encoder.encode(mel), "Transcribe the audio.")
-    return list(generate(model.llm, tokens, model.manifest.tokens.stop))
+    sequence = model.prefill(model.engine.encoder.encode(mel), "Transcribe the audio.")
+    return list(sequence.decode(tokens, model.manifest.tokens.stop))
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
     rows = []
     for name, audio in cases.items():
         offline, live = log_mel_spectrogram(audio), live_mel(audio)
-        encoded_offline, encoded_live = model.encoder.encode(offline), model.encoder.encode(live)
+        encoded_offline, encoded_live = model.engine.encoder.encode(offline), model.engine.encoder.encode(live)
         tokens_offline, tokens_live = greedy(model, offline), greedy(model, live)
         same = next((i for i, (a, b) in enumerate(zip(tokens_offline, tokens_live)) if a != b), len(tokens_offline))
         rows.append({

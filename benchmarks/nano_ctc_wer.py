@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from export.nano.corpus import Clip, held_out_clips, word_errors, words
-from export.nano.train import CHUNK_SECONDS, MAX_CLIP_SECONDS, Trainer, check_state_vocabulary, torch_log_mel
+from moss_audio_edge.export.nano.corpus import Clip, held_out_clips, word_errors, words
+from moss_audio_edge.export.nano.train import CHUNK_SECONDS, MAX_CLIP_SECONDS, Trainer, check_state_vocabulary, torch_log_mel
 from nano_quality import EVAL_SEED
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from edge_runtime.bundle import EMBEDDED_BUNDLES, load_bundle
-from export.nano.corpus import held_out_clips
-from export.nano.quality import evaluate
-from quantize.bundle_quant import quantize_bundle
+from edge_runtime.features import SAMPLE_RATE
+from moss_audio_edge.export.nano.corpus import held_out_clips
+from moss_audio_edge.export.nano.quality import evaluate
+from moss_audio_edge.quantize.bundle_quant import quantize_bundle
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
 FLOAT_NAME = "fp32 + F16 (float)"
@@ -78,7 +79,7 @@ def main() -> None:
                 row["eval_s"] = round(time.perf_counter() - started, 1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    audio_s = {name: round(sum(len(c.audio) for c in clips) / 16000, 1) for name, clips in sets.items()}
+    audio_s = {name: round(sum(len(c.audio) for c in clips) / SAMPLE_RATE, 1) for name, clips in sets.items()}
     result = {
         **stamp(f"python benchmarks/nano_quality.py --float-bundle {args.float_bundle} --clips {args.clips}"
                 + "".join(f" --choice '{c}'" for c in args.choice)

@@ -28,11 +28,11 @@ from transformers import AutoTokenizer
 
 from edge_runtime import features
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS
-from export.checkpoint import Checkpoint
-from export.nano.corpus import Clip, held_out_clips
-from export.nano.train import IM_END, NANO_CONFIG
-from export.nano.weights import WEIGHTS_FILE, write_nano_checkpoint
-from export.reference import MossAudioReference, prompt_ids
+from moss_audio_edge.export.checkpoint import Checkpoint
+from moss_audio_edge.export.nano.corpus import Clip, held_out_clips
+from moss_audio_edge.export.nano.train import IM_END, NANO_CONFIG
+from moss_audio_edge.export.nano.weights import WEIGHTS_FILE, write_nano_checkpoint
+from moss_audio_edge.export.reference import MossAudioReference, prompt_ids
 from nano_quality import EVAL_SEED
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 

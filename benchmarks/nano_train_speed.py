@@ -20,6 +20,8 @@ the first timing synthesises a small speech bank into --work-dir (kept for later
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -32,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.nano.train import LENGTH_RAMP_SHARE, Trainer
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +53,24 @@ def extract_commit(revision: str, into: Path) -> Path:
     return into
 
 
-def time_parts(work_dir: Path, steps: int, data_seed: int) -> dict[str, float]:
+def tree_trainer(tree: Path) -> type:
+    """The nano Trainer class of `tree`. Its export/ folder is bound to the name
+    moss_audio_edge.export before anything imports that name, as the installed package would
+    otherwise answer for it (trees from before the rename import it as `export`, but only
+    relatively inside). A tree without the folder falls through to the installed package."""
+    init = tree / "export" / "__init__.py"
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location("moss_audio_edge.export", init,
+                                                      submodule_search_locations=[str(init.parent)])
+        sys.modules[spec.name] = package = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(package)
+    return importlib.import_module("moss_audio_edge.export.nano.train").Trainer
+
+
+def time_parts(trainer_class: type, work_dir: Path, steps: int, data_seed: int) -> dict[str, float]:
     """Seconds per step of each part: `steps` steps from its first, on the batches a generator
     seeded with `data_seed` draws."""
-    trainer = Trainer(work_dir, seed=0, batch_size=12, steps=PHASE_STEPS, lr=1e-3, encoder_steps=PHASE_STEPS)
+    trainer = trainer_class(work_dir, seed=0, batch_size=12, steps=PHASE_STEPS, lr=1e-3, encoder_steps=PHASE_STEPS)
     trainer.load_or_build_bank(30, 8, 0)
     per_step = {}
     for part, first in PARTS.items():
@@ -79,6 +94,8 @@ def time_tree(tree: Path, args: argparse.Namespace, data_seed: int) -> dict[str,
 
 
 def recipe_seconds(per_step: dict[str, float], encoder_steps: int, joint_steps: int) -> float:
+    # imported here, not at the top: a worker binds that name to the tree it times first
+    from moss_audio_edge.export.nano.train import LENGTH_RAMP_SHARE
     growing = LENGTH_RAMP_SHARE * joint_steps * (per_step["joint, 4 s clips"] + per_step["joint, 20 s clips"]) / 2
     full_length = (1 - LENGTH_RAMP_SHARE) * joint_steps * per_step["joint, 20 s clips"]
     return encoder_steps * per_step["encoder"] + growing + full_length
@@ -97,8 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker is not None:
-        report = {"trainer": sys.modules[Trainer.__module__].__file__,
-                  "seconds_per_step": time_parts(args.work_dir, args.steps, args.worker)}
+        trainer_class = tree_trainer(Path.cwd())  # time_tree runs the worker in its tree
+        report = {"trainer": sys.modules[trainer_class.__module__].__file__,
+                  "seconds_per_step": time_parts(trainer_class, args.work_dir, args.steps, args.worker)}
         print(json.dumps(report))
         return
     with tempfile.TemporaryDirectory() as scratch:

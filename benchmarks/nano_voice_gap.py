@@ -20,8 +20,8 @@ from pathlib import Path
 
 from edge_runtime.bundle import EMBEDDED_BUNDLES
 from edge_runtime.transcribe import MossAudio
-from export.nano.corpus import TRAIN_SPEEDS, Clip, evaluation_clips, held_out_clips, split_variants
-from export.nano.quality import ClipScore, score_clip, summarize
+from moss_audio_edge.export.nano.corpus import TRAIN_SPEEDS, Clip, evaluation_clips, held_out_clips, split_variants
+from moss_audio_edge.export.nano.quality import ClipScore, score_clip, summarize
 from nano_quality import EVAL_SEED
 from results_file import provenance, stamp, write_results  # benchmarks/ is the script's directory
 

@@ -35,15 +35,17 @@ import onnxruntime as ort
 from edge_runtime.bundle import load_bundle
 from edge_runtime.encoder import split_chunks
 from edge_runtime.features import log_mel_spectrogram
-from edge_runtime.llm import LlamaModel
+from edge_runtime.measure import llm_rates
+from edge_runtime.transcribe import MossAudio
 from export_4b import run_step  # benchmarks/ is the script's directory
-from quantize.fidelity import compare_rows, probe_signals
-from quantize.onnx_quant import quantize_encoder
+from moss_audio_edge.quantize.fidelity import compare_rows, probe_signals
+from moss_audio_edge.quantize.onnx_quant import quantize_encoder
+from moss_audio_edge.quantize.presets import INT8_LAYOUTS
 from results_file import stamp, write_results
 
 QUANTIZE = """
 import sys
-from quantize.bundle_quant import quantize_bundle
+from moss_audio_edge.quantize.bundle_quant import quantize_bundle
 quantize_bundle(sys.argv[1], sys.argv[2], encoder=sys.argv[3], llm=sys.argv[4], threads=int(sys.argv[5]))
 """
 VARIANTS = {"int8-Q8_0": ("int8", "Q8_0"), "int4-Q4_K_M": ("int4", "Q4_K_M")}
@@ -69,11 +71,11 @@ def plain_dynamic_int8(source: Path, out: Path) -> Path:
 def encoder_variants(bundle: Path, bundles: dict[str, Path], work: Path) -> dict[str, Path]:
     files = [load_bundle(bundle).manifest.encoder.path, *load_bundle(bundle).manifest.encoder.extra_files]
     extra = {}
-    for name, encoder_type, reduce_range in (("int8-7bit", "int8", True), ("fp16", "fp16", False)):
+    for name, encoder_type in (("int8-7bit", "int8"), ("fp16", "fp16")):
         out = work / f"encoder-{name}"
         if not (out / files[0]).exists():
             out.mkdir(parents=True, exist_ok=True)
-            quantize_encoder(bundle, files, out, encoder_type, reduce_range)
+            quantize_encoder(bundle, files, out, encoder_type, INT8_LAYOUTS["avx2"])
         extra[name] = out / files[0]
     plain = work / "encoder-plain-int8" / "encoder.onnx"
     return {"fp32": bundle / files[0],
@@ -111,38 +113,30 @@ def encoder_speed(paths: dict[str, Path], threads: int) -> dict[str, dict[str, f
             for name, t in times.items()}
 
 
+def encoder_rows(s: ort.InferenceSession, mels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each signal's rows from one encoder session, its chunks batched in one run."""
+    out = {}
+    for name, mel in mels.items():
+        batch, lengths = split_chunks(mel, CHUNK_FRAMES)
+        got, counts = s.run(None, {"mel": batch, "lengths": lengths})
+        out[name] = np.concatenate([got[i, :c] for i, c in enumerate(counts)])
+    return out
+
+
 def encoder_fidelity(paths: dict[str, Path], threads: int) -> dict[str, dict[str, dict[str, float]]]:
     mels = {p.name: log_mel_spectrogram(p.samples) for p in probe_signals()}
-
-    def rows(path: Path) -> dict[str, np.ndarray]:
-        s = session(path, threads)
-        out = {}
-        for name, mel in mels.items():
-            batch, lengths = split_chunks(mel, CHUNK_FRAMES)
-            got, counts = s.run(None, {"mel": batch, "lengths": lengths})
-            out[name] = np.concatenate([got[i, :c] for i, c in enumerate(counts)])
-        return out
-
-    reference = rows(paths["fp32"])
-    return {name: {signal: compare_rows(reference[signal], got) for signal, got in rows(path).items()}
+    reference = encoder_rows(session(paths["fp32"], threads), mels)
+    return {name: {signal: compare_rows(reference[signal], got)
+                   for signal, got in encoder_rows(session(path, threads), mels).items()}
             for name, path in paths.items() if name != "fp32"}
 
 
-def llm_speed(path: Path, threads: int) -> dict[str, float]:
-    llm = LlamaModel(path, n_ctx=1024, threads=threads)  # runtime defaults: f16 KV, flash auto
-    prompt = list(np.random.default_rng(0).integers(1000, 100000, PREFILL_TOKENS))
-    prefill, decode = [], []
-    for _ in range(LLM_RUNS):
-        llm.reset()
-        started = time.perf_counter()
-        llm.eval_tokens(prompt)
-        prefill.append(PREFILL_TOKENS / (time.perf_counter() - started))
-        started = time.perf_counter()
-        for _ in range(DECODE_TOKENS):
-            llm.eval_tokens([int(np.argmax(llm.last_logits()))])
-        decode.append(DECODE_TOKENS / (time.perf_counter() - started))
-    llm.close()
-    return {"prefill_tok_s": round(statistics.median(prefill), 2), "decode_tok_s": round(statistics.median(decode), 2)}
+def llm_speed(bundle: Path, threads: int) -> dict[str, float]:
+    model = MossAudio(bundle, device="cpu", threads=threads, n_ctx=1024)  # runtime defaults: f16 KV, flash auto
+    try:
+        return llm_rates(model.engine, PREFILL_TOKENS, DECODE_TOKENS, LLM_RUNS)
+    finally:
+        model.close()
 
 
 def mib(n: int) -> float:
@@ -214,8 +208,7 @@ def main() -> None:
     gc.collect()
     fidelity = encoder_fidelity(encoders, args.threads)
     print("LLM speed", flush=True)
-    llms = {"F16": args.bundle / "llm.gguf", "Q8_0": bundles["int8-Q8_0"] / "llm.gguf",
-            "Q4_K_M": bundles["int4-Q4_K_M"] / "llm.gguf"}
+    llms = {"F16": args.bundle, "Q8_0": bundles["int8-Q8_0"], "Q4_K_M": bundles["int4-Q4_K_M"]}
     manifests = {name: load_bundle(path).manifest for name, path in bundles.items()}
     result = {
         **stamp(f"python benchmarks/quantize_4b.py --bundle {args.bundle} --work-dir {args.work_dir}"),

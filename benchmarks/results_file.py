@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import platform
 from pathlib import Path
 
-from edge_runtime.bench import machine_name
-
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_name() -> str:
+    """Architecture, CPU model, cores and memory: the line a result names its machine by."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {model}, {os.cpu_count()} cores, {memory:.0f} GiB, CPU only"
 
 
 def stamp(command: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
+from .errors import InputError
 from .features import SAMPLE_RATE
 
 MIN_SAMPLE_RATE = 1000
@@ -36,7 +37,7 @@ _MAX_CHANNELS = 32
 AudioSource = str | os.PathLike | bytes | bytearray | np.ndarray
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """Audio that cannot be used: missing, undecodable, truncated, empty or non-finite."""
 
 
@@ -51,7 +52,7 @@ def load_audio(source: AudioSource, sample_rate: int | None = None) -> np.ndarra
         rate = SAMPLE_RATE if sample_rate is None else sample_rate
         return _finish(_array_frames(source), rate, "audio array")
     if sample_rate is not None:
-        raise ValueError("sample_rate applies only to numpy arrays; files carry their own rate")
+        raise InputError("sample_rate applies only to numpy arrays; files carry their own rate")
     if isinstance(source, (bytes, bytearray)):
         name = f"audio data ({len(source)} bytes)"
         frames, rate = _decode(io.BytesIO(source), name)
@@ -71,7 +72,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Band-limited polyphase resampling of 1-D audio from `orig_sr` to `target_sr` Hz."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
-        raise ValueError(f"resample expects 1-D audio, got shape {audio.shape}")
+        raise AudioError(f"resample expects 1-D audio, got shape {audio.shape}")
     if orig_sr == target_sr or len(audio) == 0:
         return audio
     common = gcd(orig_sr, target_sr)

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError
+from .staging import write_atomic
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "moss-audio-edge-bundle"
 FORMAT_VERSION = 1
 SUPPORTED_MODEL_TYPES = ("moss_audio", "moss_music")
+# Project keys in the GGUF's metadata, written by export; the runtime checks the model type
+# against the manifest to refuse a GGUF that is not this bundle's.
+GGUF_FORMAT_KEY = "moss_audio_edge.format_version"
+GGUF_MODEL_TYPE_KEY = "moss_audio_edge.model_type"
+GGUF_CONFIG_SHA256_KEY = "moss_audio_edge.source_config_sha256"
+GGUF_FORMAT_VERSION = 1
 # Bundles shipped inside the package, usable by name wherever a bundle directory is asked for.
 EMBEDDED_BUNDLES = {"nano": Path(__file__).parent / "models" / "nano"}
 BUNDLE_HELP = "bundle directory, or `nano` for the embedded nano model"
@@ -31,7 +38,7 @@ def bundle_path(name_or_dir: str | Path) -> Path:
     return path
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """The directory is not a bundle this runtime can run; the message says why."""
 
 
@@ -147,13 +154,7 @@ def file_entry(directory: Path, name: str, dtype: str, extra_files: tuple[str, .
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Atomically: a reader sees either no manifest or the whole of it."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
-    os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; a bundle is meant to be shared
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST_NAME)
+    write_atomic(directory / MANIFEST_NAME, manifest.to_json())
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .audio import AudioError, load_audio, polyphase_filters
-
-SAMPLE_RATE = 16000
+from .errors import InputError
+from .features import SAMPLE_RATE
 
 
 @dataclass
@@ -132,7 +132,10 @@ def microphone_blocks(device: int | str | None = None, block_s: float = 0.1,
     """
     import sounddevice as sd  # the `mic` extra: imported only when a microphone is used
 
-    info = sd.query_devices(device, kind="input")
+    try:
+        info = sd.query_devices(device, kind="input")
+    except ValueError as exc:  # PortAudio knows no such input device
+        raise InputError(f"microphone {device!r}: {exc}") from None
     native_rate = int(info["default_samplerate"])
     frames_per_block = max(1, int(block_s * native_rate))
     blocks: queue.Queue = queue.Queue(maxsize=max(2, int(queue_seconds / block_s)))

@@ -14,6 +14,8 @@ from typing import Sequence
 import llama_cpp
 import onnxruntime as ort
 
+from .errors import InputError
+
 log = logging.getLogger("moss_edge")
 
 CPU = "CPUExecutionProvider"
@@ -34,7 +36,7 @@ DEVICES = tuple(PROVIDERS) + tuple(ALIASES)
 LLAMA_REBUILD = {"cuda": "-DGGML_CUDA=on", "tensorrt": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """The requested device is unknown, or (strict) not available in this installation."""
 
 

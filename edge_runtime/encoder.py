@@ -9,12 +9,6 @@ import onnxruntime as ort
 from .bundle import AudioParams, BundleError
 
 
-def downsampled_length(frames: int) -> int:
-    for _ in range(3):
-        frames = (frames - 1) // 2 + 1
-    return frames
-
-
 def split_chunks(mel: np.ndarray, chunk_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """[n_mels, T] -> ([n, n_mels, width], valid lengths [n]). Chunks of `chunk_frames`, the
     last holding the remainder. As upstream batches them, a multi-chunk clip zero-pads its
@@ -58,8 +52,8 @@ class AudioEncoder:
         """Each chunk's valid rows, [tokens_i, row_width] float32.
 
         One chunk per run: an int8 encoder quantizes its activations with one scale per run, so
-        a chunk's rows would depend on which chunks share its run (by 2-3% of their size in the
-        nano bundle); one at a time, a chunk's rows are the same offline and streamed."""
+        a chunk's rows would depend on which chunks share its run; one at a time, a chunk's rows
+        are the same offline and streamed (docs/format.md#last-chunk-padding)."""
         out: list[np.ndarray] = []
         for i in range(len(batch)):
             rows, counts = self.session.run(None, {"mel": batch[i:i + 1], "lengths": lengths[i:i + 1]})

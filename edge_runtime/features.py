@@ -1,4 +1,4 @@
-"""Whisper-compatible log-mel features (SPEC §3), numpy only.
+"""Whisper-compatible log-mel features (docs/format.md#log-mel-front-end), numpy only.
 
 Matches transformers' WhisperFeatureExtractor(feature_size=128) without the 30 s padding.
 The pipeline is split so a streaming front end can reuse it: `log_mel_frames` turns
@@ -9,6 +9,8 @@ scaling given a maximum (the whole clip's here, the running one when streaming).
 from functools import lru_cache
 
 import numpy as np
+
+from .errors import InputError
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -93,16 +95,16 @@ def log_mel_spectrogram(audio: np.ndarray) -> np.ndarray:
     """Whisper log-mel of a whole 16 kHz mono clip: float32 [N_MELS, len(audio) // HOP_LENGTH]."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
-        raise ValueError(f"audio must be 1-D mono samples, got shape {audio.shape}")
+        raise InputError(f"audio must be 1-D mono samples, got shape {audio.shape}")
     if audio.size == 0:
-        raise ValueError("audio is empty")
+        raise InputError("audio is empty")
     if not np.issubdtype(audio.dtype, np.floating):
-        raise ValueError(f"audio must be float samples in [-1, 1], got dtype {audio.dtype}")
+        raise InputError(f"audio must be float samples in [-1, 1], got dtype {audio.dtype}")
     if not np.isfinite(audio).all():
-        raise ValueError("audio contains NaN or Inf samples")
+        raise InputError("audio contains NaN or Inf samples")
     n_frames = len(audio) // HOP_LENGTH
     if n_frames == 0:
-        raise ValueError(
+        raise InputError(
             f"audio is too short: {len(audio)} samples, need at least {HOP_LENGTH} for one frame"
         )
     # center=True framing: reflect-pad N_FFT // 2 on each side, as transformers' spectrogram().

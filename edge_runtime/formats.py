@@ -7,11 +7,11 @@ previous cue's end, to the next known time (or the end of the audio).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import InputError
+from .staging import write_atomic
 from .timestamps import Segment, join_text
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
@@ -83,24 +83,12 @@ RENDERERS: dict[str, Callable[[list[Segment], float, str | None], str]] = {
     "txt": to_txt, "json": to_json, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_transcript(segments: list[Segment], duration: float, language: str | None, formats: list[str],
                      output_dir: Path, stem: str) -> list[Path]:
     """Render every format first (a failure writes nothing), then write each atomically."""
     unknown = [f for f in formats if f not in RENDERERS]
     if unknown:
-        raise ValueError(f"unknown output format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise InputError(f"unknown output format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     rendered = {f: RENDERERS[f](segments, duration, language) for f in formats}
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -1,4 +1,5 @@
-"""The GGUF LLM through llama.cpp's C API (llama-cpp-python's low-level bindings).
+"""The GGUF LLM through llama.cpp's C API (llama-cpp-python's low-level bindings); only
+engine.py drives it.
 
 Audio rows enter as embedding batches of `(1+K)*hidden` floats per row (adapter output then
 the K DeepStack slices, which llama.cpp adds after layers 0..K-1); text and time markers
@@ -17,12 +18,13 @@ import llama_cpp as C
 import numpy as np
 
 from .bundle import BundleError
+from .errors import InputError
 
 MROPE_SECTIONS = 4  # llama.cpp's qwen3vl position layout: 4 position values per embedding row
 GGUF_MAGIC = b"GGUF"
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type ids
-# llama_flash_attn_type. On CPU, flash attention rounds Q and the softmax through f16
-# (measured: 1.8e-3 relative logit error against an fp32 reference, 5e-7 with it off).
+# llama_flash_attn_type. On CPU, flash attention rounds Q and the softmax through f16, so the
+# exact parity tests turn it off (docs/format.md#incremental-prefill).
 FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}
 
 
@@ -117,23 +119,26 @@ def _drop_amx_layout() -> bool:
 
 def mrope_positions(start: int, n: int) -> np.ndarray:
     """Positions of an embedding batch on an M-RoPE model: section-major `pos[j*n + i]`,
-    sections 0..2 the absolute position, section 3 zero (SPEC §7)."""
+    sections 0..2 the absolute position, section 3 zero (docs/format.md#llama-cpp-positions)."""
     absolute = np.arange(start, start + n, dtype=np.int32)
     return np.concatenate([absolute, absolute, absolute, np.zeros(n, dtype=np.int32)])
 
 
 class _Batch:
     """A llama_batch over numpy arrays we own: llama_batch_init would allocate only
-    n_tokens positions, too few for an M-RoPE embedding batch."""
+    n_tokens positions, too few for an M-RoPE embedding batch. Row i belongs to sequence
+    `seqs[i]`; `outputs` marks the rows whose logits llama.cpp keeps."""
 
-    def __init__(self, n: int, positions: np.ndarray, tokens: np.ndarray | None = None,
-                 embeddings: np.ndarray | None = None, all_logits: bool = False):
+    def __init__(self, positions: np.ndarray, seqs: np.ndarray, outputs: np.ndarray,
+                 tokens: np.ndarray | None = None, embeddings: np.ndarray | None = None):
+        n = len(seqs)
         self._positions = np.ascontiguousarray(positions, dtype=np.int32)
         self._n_seq = np.ones(n, dtype=np.int32)
-        self._seq0 = (C.llama_seq_id * 1)(0)
-        self._seq_ptrs = (ctypes.POINTER(C.llama_seq_id) * n)(*([self._seq0] * n))
-        self._logits = np.zeros(n, dtype=np.int8)
-        self._logits[0 if all_logits else -1:] = 1
+        self._seqs = np.ascontiguousarray(seqs, dtype=np.int32)
+        row = ctypes.sizeof(C.llama_seq_id)
+        self._seq_ptrs = (ctypes.POINTER(C.llama_seq_id) * n)(
+            *[ctypes.cast(self._seqs.ctypes.data + i * row, ctypes.POINTER(C.llama_seq_id)) for i in range(n)])
+        self._outputs = np.ascontiguousarray(outputs, dtype=np.int8)
         self.struct = C.llama_batch()
         self.struct.n_tokens = n
         if tokens is not None:
@@ -145,7 +150,13 @@ class _Batch:
         self.struct.pos = self._positions.ctypes.data_as(ctypes.POINTER(C.llama_pos))
         self.struct.n_seq_id = self._n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         self.struct.seq_id = self._seq_ptrs
-        self.struct.logits = self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct.logits = self._outputs.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+
+
+def _last_only(n: int) -> np.ndarray:
+    outputs = np.zeros(n, dtype=np.int8)
+    outputs[-1] = 1
+    return outputs
 
 
 def check_gguf_header(path: Path) -> None:
@@ -157,15 +168,16 @@ def check_gguf_header(path: Path) -> None:
 
 
 class LlamaModel:
-    """A loaded GGUF and one context (one sequence, its KV cache and position counter)."""
+    """A loaded GGUF and one context: a KV cache that holds up to `n_seq` sequences, each
+    evaluated at positions its caller counts (engine.Sequence)."""
 
     def __init__(self, path: Path, n_ctx: int = 8192, n_batch: int = 512,
                  threads: int | None = None, gpu_layers: int = 0, kv_type: str = "f16",
-                 flash_attention: str = "auto"):
+                 flash_attention: str = "auto", n_seq: int = 1):
         if kv_type not in KV_CACHE_TYPES:
-            raise ValueError(f"KV cache type {kv_type!r} not one of {sorted(KV_CACHE_TYPES)}")
+            raise InputError(f"KV cache type {kv_type!r} not one of {sorted(KV_CACHE_TYPES)}")
         if flash_attention not in FLASH_ATTENTION:
-            raise ValueError(f"flash attention {flash_attention!r} not one of {sorted(FLASH_ATTENTION)}")
+            raise InputError(f"flash attention {flash_attention!r} not one of {sorted(FLASH_ATTENTION)}")
         _init_backend()
         check_gguf_header(path)
         model_params = C.llama_model_default_params()
@@ -187,6 +199,8 @@ class LlamaModel:
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
+        ctx_params.n_seq_max = n_seq
+        ctx_params.kv_unified = True  # the sequences share all n_ctx cells, whatever their lengths
         ctx_params.type_k = ctx_params.type_v = KV_CACHE_TYPES[kv_type]
         ctx_params.flash_attn_type = FLASH_ATTENTION[flash_attention]
         self.ctx = C.llama_init_from_model(self.model, ctx_params)
@@ -195,7 +209,7 @@ class LlamaModel:
             raise BundleError(f"{path}: llama.cpp could not create a context of {n_ctx} tokens")
         self.n_ctx = C.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
-        self.n_past = 0
+        self.n_seq = n_seq
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
@@ -238,80 +252,57 @@ class LlamaModel:
 
     # --- evaluation ----------------------------------------------------------------------
 
-    def _decode(self, batch: _Batch, n: int) -> None:
-        if self.n_past + n > self.n_ctx:
-            raise ValueError(f"prompt of {self.n_past + n} tokens exceeds the context of {self.n_ctx}")
+    def _decode(self, batch: _Batch, outputs: int) -> np.ndarray:
+        """Run a batch; the logits of its `outputs` marked rows, [outputs, n_vocab]."""
         status = C.llama_decode(self.ctx, batch.struct)
         if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status}")
-        self.n_past += n
+            raise RuntimeError(f"llama_decode failed with status {status}"
+                               + (" (no room left in the KV cache)" if status == 1 else ""))
+        pointer = C.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(pointer, shape=(outputs, self.n_vocab)).copy()
 
-    def eval_tokens(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray | None:
-        """Token batches, one position per token (llama.cpp expands them for M-RoPE).
-        With `all_logits`, returns the logits after every token, [len(tokens), n_vocab]
-        (draft verification, teacher-forced fidelity)."""
+    def _check_room(self, end: int) -> None:
+        if end > self.n_ctx:
+            raise InputError(f"a prompt of {end} tokens exceeds the context of {self.n_ctx}")
+
+    def eval_tokens(self, tokens: Sequence[int], start: int, seq: int = 0,
+                    all_logits: bool = False) -> np.ndarray:
+        """Token batches at positions `start`.. of sequence `seq`, one position per token
+        (llama.cpp expands them for M-RoPE). The logits after the last token [n_vocab], or
+        with `all_logits` after every token [len(tokens), n_vocab] (draft verification,
+        teacher forcing)."""
+        self._check_room(start + len(tokens))
         collected: list[np.ndarray] = []
         for lo in range(0, len(tokens), self.n_batch):
             part = np.asarray(tokens[lo:lo + self.n_batch], dtype=np.int32)
-            self._decode(_Batch(len(part), np.arange(self.n_past, self.n_past + len(part)),
-                                tokens=part, all_logits=all_logits), len(part))
-            if all_logits:
-                pointer = C.llama_get_logits(self.ctx)
-                collected.append(np.ctypeslib.as_array(pointer, shape=(len(part), self.n_vocab)).copy())
-        return np.concatenate(collected) if all_logits else None
+            outputs = np.ones(len(part), dtype=np.int8) if all_logits else _last_only(len(part))
+            collected.append(self._decode(_Batch(np.arange(start + lo, start + lo + len(part)),
+                                                 np.full(len(part), seq), outputs, tokens=part),
+                                          int(outputs.sum())))
+        return np.concatenate(collected) if all_logits else collected[-1][-1]
 
-    def eval_embeddings(self, rows: np.ndarray) -> None:
-        """Embedding batches of audio rows [n, n_embd_inp]."""
+    def eval_embeddings(self, rows: np.ndarray, start: int, seq: int = 0) -> np.ndarray:
+        """Embedding batches of audio rows [n, n_embd_inp] at positions `start`..; the logits
+        after the last row."""
         if rows.ndim != 2 or rows.shape[1] != self.n_embd_inp:
             raise ValueError(f"audio rows of shape {rows.shape}, the LLM takes rows of {self.n_embd_inp}")
+        self._check_room(start + len(rows))
         for lo in range(0, len(rows), self.n_batch):
             part = rows[lo:lo + self.n_batch]
-            self._decode(_Batch(len(part), mrope_positions(self.n_past, len(part)), embeddings=part),
-                         len(part))
+            logits = self._decode(_Batch(mrope_positions(start + lo, len(part)), np.full(len(part), seq),
+                                         _last_only(len(part)), embeddings=part), 1)
+        return logits[-1]
 
-    def last_logits(self) -> np.ndarray:
-        pointer = C.llama_get_logits_ith(self.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+    def eval_step(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int]) -> np.ndarray:
+        """One token for each of several sequences in one batch; their logits [k, n_vocab]."""
+        self._check_room(max(positions) + 1)
+        n = len(tokens)
+        return self._decode(_Batch(np.asarray(positions), np.asarray(seqs), np.ones(n, dtype=np.int8),
+                                   tokens=np.asarray(tokens)), n)
 
-    def truncate(self, n_keep: int) -> None:
-        """Forget every position from `n_keep` on (e.g. an instruction suffix after a readout)."""
-        C.llama_memory_seq_rm(C.llama_get_memory(self.ctx), 0, n_keep, -1)
-        self.n_past = min(self.n_past, n_keep)
+    def remove(self, seq: int, start: int) -> None:
+        """Forget sequence `seq`'s positions from `start` on."""
+        C.llama_memory_seq_rm(C.llama_get_memory(self.ctx), seq, start, -1)
 
-    def reset(self) -> None:
+    def clear(self) -> None:
         C.llama_memory_clear(C.llama_get_memory(self.ctx), True)
-        self.n_past = 0
-
-    def is_end_of_generation(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self.vocab, token))
-
-
-def choose_token(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
-                 rng: np.random.Generator) -> int:
-    """Greedy at temperature 0, else temperature / top-k / top-p sampling."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    k = min(top_k, len(logits)) if top_k > 0 else len(logits)
-    candidates = np.argpartition(-logits, k - 1)[:k]
-    scaled = logits[candidates].astype(np.float64) / temperature
-    order = np.argsort(-scaled)
-    candidates, scaled = candidates[order], scaled[order]
-    probs = np.exp(scaled - scaled[0])
-    probs /= probs.sum()
-    if top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
-        candidates, probs = candidates[:keep], probs[:keep] / probs[:keep].sum()
-    return int(rng.choice(candidates, p=probs))
-
-
-def generate(llm: LlamaModel, max_new_tokens: int, stop_ids: Sequence[int], temperature: float = 0.0,
-             top_k: int = 50, top_p: float = 1.0, seed: int | None = None) -> Iterator[int]:
-    """Tokens after the evaluated prompt, until a stop id (not yielded) or the budget."""
-    rng = np.random.default_rng(seed)
-    stops = set(stop_ids)
-    for _ in range(max_new_tokens):
-        token = choose_token(llm.last_logits(), temperature, top_k, top_p, rng)
-        if token in stops:
-            return
-        yield token
-        llm.eval_tokens([token])

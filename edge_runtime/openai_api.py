@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .answer import Answer
+from .errors import InputError
 from .formats import transcript_text
 from .timestamps import Segment
 from .transcribe import TranscriptionInfo
@@ -19,7 +20,9 @@ AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
 DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this many limits, then cut off
 
 
-class ApiError(Exception):
+class ApiError(InputError):
+    """A request the server refuses, with the HTTP status and OpenAI error fields to answer with."""
+
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None):
         super().__init__(message)

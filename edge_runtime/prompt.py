@@ -1,10 +1,11 @@
-"""The prompt as a sequence of pieces: token runs and audio runs (SPEC §6).
+"""The prompt as a sequence of pieces: token runs and audio runs (docs/format.md#prompt).
 
 Audio runs are fed to llama.cpp as embedding batches and token runs (chat frame, time
 markers, instruction) as token batches, so the prompt is never a flat id list here.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -27,6 +28,25 @@ WORD_TIMESTAMPS = (
     "headings, or annotations."
 )
 INSTRUCTIONS = {"none": TRANSCRIBE, "sentence": SENTENCE_TIMESTAMPS, "word": WORD_TIMESTAMPS}
+TIMESTAMP_MODES = tuple(INSTRUCTIONS)
+
+# Output budgets (`max_tokens`). A transcription's default is scaled to its audio: tokens per
+# second of words plus the stamps each mode asks for; a live readout gets a few more for the
+# stamps that close its last segment.
+OUTPUT_TOKENS_PER_SECOND = {"none": 10, "sentence": 16, "word": 50}
+MIN_TRANSCRIPTION_TOKENS = 64
+READOUT_EXTRA_TOKENS = 16
+ANSWER_TOKENS = 512  # answers to questions (`ask`, `run`, chat completions)
+
+
+def transcription_budget(mode: str, seconds: float) -> int:
+    """The default output budget of one transcription window of `seconds` in `mode`."""
+    return max(MIN_TRANSCRIPTION_TOKENS, math.ceil(seconds * OUTPUT_TOKENS_PER_SECOND[mode]))
+
+
+def readout_budget(mode: str, seconds: float, tokens_per_second: float | None = None) -> int:
+    """The runaway guard of a live readout over `seconds` of audio (a stop token ends it sooner)."""
+    return READOUT_EXTRA_TOKENS + int((tokens_per_second or OUTPUT_TOKENS_PER_SECOND[mode]) * seconds)
 
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean",
                   "fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese",

@@ -5,7 +5,8 @@ Endpoints: POST /v1/audio/transcriptions (multipart, as OpenAI's), POST /v1/chat
 thread-safe, so inference runs one request at a time on one worker thread; up to
 `max_queue` more wait, later ones get 429. Bodies over `max_body_bytes` get 413, requests
 past `timeout_s` 503 (still queued) or 504 (running, stopped between tokens or segments),
-bad input 400; every error is OpenAI-style JSON and leaves the server serving.
+bad input (an InputError) 400, anything else 500 with its traceback in the `moss_edge` log;
+every error is OpenAI-style JSON and leaves the server serving.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import contextlib
 import hmac
 import itertools
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,7 +29,9 @@ from starlette.routing import Route
 
 from .answer import Answer, AnswerDelta, AnswerStream
 from .audio import AudioError
+from .errors import InputError
 from .formats import to_srt, to_vtt, transcript_text
+from .prompt import ANSWER_TOKENS
 from .openai_api import (
     ApiError, chat_inputs, drain, number, read_body, read_form, sse, timestamp_mode, truthy, usage, verbose_json)
 from .single_flight import QueueFull, QueueTimeout, RunTimeout, SingleFlight
@@ -35,6 +39,7 @@ from .timestamps import Segment, join_text
 from .transcribe import MossAudio, TranscriptionInfo
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+log = logging.getLogger("moss_edge")
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,12 @@ class ServerConfig:
     max_body_bytes: int = 25 * 2**20  # OpenAI's own upload limit
     timeout_s: float = 600.0  # per request, queueing included
     window_seconds: float = 30.0
-    max_tokens: int = 1024  # chat default when the request names none
+    max_tokens: int = ANSWER_TOKENS  # chat default when the request names none
 
 
 def api_error(exc: Exception) -> ApiError:
-    """What a failure means to the client: bad input is 400, a busy or slow server 429/503/504."""
+    """What a failure means to the client, decided here only: a refused request keeps its status,
+    other bad input is 400, a busy or slow server 429/503/504, anything else (a bug) 500."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, QueueFull):
@@ -59,9 +65,10 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(503, f"the server stayed busy for {exc} s; retry later", "server_error", code="timeout")
     if isinstance(exc, RunTimeout):
         return ApiError(504, f"the request did not finish within {exc} s", "server_error", code="timeout")
-    if isinstance(exc, (AudioError, ValueError)):
+    if isinstance(exc, InputError):
         audio = isinstance(exc, AudioError)
         return ApiError(400, str(exc), param="file" if audio else None, code="invalid_audio" if audio else None)
+    log.error("request failed unexpectedly (a bug)", exc_info=exc)
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
 
@@ -210,9 +217,10 @@ def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
         routes=[Route("/health", health), Route("/v1/models", models),
                 Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
                 Route("/v1/chat/completions", chat_completions, methods=["POST"])],
-        # expected failures answer here; anything else also reaches the server log as a 500
+        # Starlette re-raises what reaches its `Exception` handler (uvicorn logs it again); the
+        # expected failures are handled before that
         exception_handlers={HTTPException: on_http_error, Exception: on_error,
-                            **dict.fromkeys((ApiError, AudioError, ValueError, QueueFull, TimeoutError), on_error)},
+                            **dict.fromkeys((InputError, QueueFull, TimeoutError), on_error)},
         lifespan=lambda app: _stopping(flight))
     app.state.flight = flight
     return app

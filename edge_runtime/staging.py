@@ -1,6 +1,9 @@
-"""Write a bundle directory all at once: export and quantize build it in a hidden staging
-directory beside the target and rename it into place only when it is complete, so a failed
-or interrupted run (Ctrl-C included) leaves neither a bundle nor a staging directory behind.
+"""Write files and directories all at once: each is built under a hidden name beside its
+target and renamed into place only when complete, so a failed or interrupted run (Ctrl-C
+included) leaves neither a partial target nor the hidden one behind.
+
+Transcripts, manifests, training state and whole bundles (export, quantize, the nano release)
+are all written this way.
 """
 from __future__ import annotations
 
@@ -10,11 +13,43 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import InputError
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a free path beside `target` to write a file or build a directory at. When the
+    block ends without an exception that path replaces `target` (a directory too); on any
+    exception it is removed and `target` is left as it was."""
+    target = Path(target)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    _remove(partial)  # left behind by a run that was killed outright
+    try:
+        yield partial
+        if target.is_dir():  # os.replace cannot replace a directory: move the old one aside
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(partial, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(partial, target)
+    except BaseException:
+        _remove(partial)
+        raise
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` at once (UTF-8, LF line ends), on disk before the rename."""
+    with atomic_path(path) as partial, partial.open("w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
 
 def check_new_bundle_dir(out: Path) -> None:
     """A bundle is written only to a new or empty directory: never over someone's files."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not empty; choose a new output directory")
+        raise InputError(f"{out}: exists and is not empty; choose a new output directory")
 
 
 @contextmanager
@@ -24,14 +59,13 @@ def staged_bundle_dir(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     check_new_bundle_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with atomic_path(out) as staging:
+        staging.mkdir()
         yield staging
-        if out.exists():
-            out.rmdir()  # empty, checked above; os.replace cannot replace a directory
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

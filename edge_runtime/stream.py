@@ -2,7 +2,7 @@
 
 Voice activity opens a *window* at the start of an utterance. Each 4 s chunk of the window
 is encoded once, the moment it is complete, and appended to the KV cache with its time
-markers (SPEC §4, §6: the result equals the offline prompt). A *readout* evaluates the
+markers (docs/format.md#chunked-audio-encoder, #time-markers: the result equals the offline prompt). A *readout* evaluates the
 instruction suffix after the audio so far, decodes, and removes the suffix again, so audio
 is never prefilled twice; the previous readout is verified as a draft in one batch, which
 gives the same tokens as plain greedy decoding. Text stable across two readouts is
@@ -18,13 +18,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .capture import Block, DeviceLost
-from .features import HOP_LENGTH, LogMelStream
-from .prompt import INSTRUCTIONS, audio_span, prompt_head, prompt_tail
+from .engine import Engine, Sequence
+from .features import HOP_LENGTH, SAMPLE_RATE, LogMelStream
+from .prompt import INSTRUCTIONS, audio_span, prompt_head, prompt_tail, readout_budget
 from .timestamps import Segment, Word, parse_output, shift
-from .transcribe import OUTPUT_TOKENS_PER_SECOND, MossAudio, evaluate_prompt
 from .vad import VadConfig, VoiceActivity
-
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -65,6 +63,7 @@ class StreamConfig:
 @dataclass
 class _Window:
     start: int  # stream sample of the window's first sample
+    sequence: Sequence  # its hold on the engine's context
     mel: LogMelStream = field(default_factory=LogMelStream)
     rows: list[np.ndarray] = field(default_factory=list)
     n_tokens: int = 0
@@ -82,13 +81,12 @@ class _Window:
 class StreamingSession:
     """Feed 16 kHz blocks with `feed`, end with `finish`; both return events."""
 
-    def __init__(self, model: MossAudio, config: StreamConfig):
-        self.model = model
-        self.llm = model.llm
-        self.manifest = model.manifest
+    def __init__(self, engine: Engine, config: StreamConfig):
+        self.engine = engine
+        self.manifest = engine.manifest
         self.config = config
         self.vad = VoiceActivity(config.vad)
-        self.tail_ids = prompt_tail(self.manifest, self.llm.tokenize, INSTRUCTIONS[config.timestamps])[0].ids
+        self.tail_ids = prompt_tail(self.manifest, engine.tokenize, INSTRUCTIONS[config.timestamps])[0].ids
         self.clock = 0  # samples received
         self.history = np.zeros(0, dtype=np.float32)  # recent audio, for pre-roll and rollover
         self.history_start = 0
@@ -139,11 +137,8 @@ class StreamingSession:
     # --- windows -------------------------------------------------------------------------
 
     def _open(self, start: int) -> None:
-        self.window = _Window(start=start)
-        self.llm.reset()
-        evaluate_prompt(self.llm, prompt_head(self.manifest, self.llm.tokenize),
-                        np.zeros((0, self.manifest.model.row_width)))
-        self.window.kv_end = self.llm.n_past
+        sequence = self.engine.start(prompt_head(self.manifest, self.engine.tokenize))
+        self.window = _Window(start=start, sequence=sequence, kv_end=sequence.n_past)
 
     def _advance(self, samples: np.ndarray, lag_s: float) -> list[StreamEvent]:
         """Append audio to the open window; encode and read out each completed chunk."""
@@ -165,15 +160,13 @@ class StreamingSession:
         last chunk of a multi-chunk window is zero-padded to full width, as offline."""
         window = self.window
         width = self.manifest.audio.chunk_frames if (full_chunk or window.rows) else mel.shape[1]
-        batch = np.zeros((1, mel.shape[0], width), dtype=np.float32)
-        batch[0, :, :mel.shape[1]] = mel
-        rows = self.model.encoder.encode_chunks(batch, np.array([mel.shape[1]], dtype=np.int64))[0]
-        self.llm.truncate(window.kv_end)
+        rows = self.engine.encode_chunk(mel, width)
+        window.sequence.truncate(window.kv_end)
         all_rows = np.concatenate(window.rows + [rows])
-        evaluate_prompt(self.llm, audio_span(self.manifest, len(all_rows), window.n_tokens), all_rows)
+        window.sequence.prefill(audio_span(self.manifest, len(all_rows), window.n_tokens), all_rows)
         window.rows.append(rows)  # only once the KV cache holds it: an interruption leaves no half chunk
         window.n_tokens = len(all_rows)
-        window.kv_end = self.llm.n_past
+        window.kv_end = window.sequence.n_past
 
     def _close(self) -> list[StreamEvent]:
         window = self.window
@@ -210,37 +203,18 @@ class StreamingSession:
         """Greedy text after the audio so far; the KV cache is left as it was."""
         started = time.perf_counter()
         window = self.window
-        per_second = self.config.tokens_per_second or OUTPUT_TOKENS_PER_SECOND[self.config.timestamps]
-        budget = min(budget, 16 + int(per_second * window.seconds))
-        audio_end = window.kv_end
-        self.llm.truncate(audio_end)  # drop anything an interrupted readout left behind
-        stop = set(self.manifest.tokens.stop)
-        draft = window.draft[:budget] if self.config.use_drafts else []
-        tokens: list[int] = []
-        if draft:
-            logits = self.llm.eval_tokens(list(self.tail_ids) + draft, all_logits=True)
-            predicted = np.argmax(logits[len(self.tail_ids) - 1:], axis=1)
-            accepted = 0
-            while accepted < len(draft) and predicted[accepted] == draft[accepted]:
-                accepted += 1
-            tokens = draft[:accepted]
-            self.llm.truncate(audio_end + len(self.tail_ids) + accepted)
-            following = int(predicted[accepted])
-            self.readout_stats["draft_tokens"] += len(draft)
-            self.readout_stats["accepted_tokens"] += accepted
-        else:
-            self.llm.eval_tokens(self.tail_ids)
-            following = int(np.argmax(self.llm.last_logits()))
-        while following not in stop and len(tokens) < budget:
-            tokens.append(following)
-            self.llm.eval_tokens([following])
-            following = int(np.argmax(self.llm.last_logits()))
-            self.readout_stats["decoded_tokens"] += 1
-        self.llm.truncate(audio_end)
-        self.readout_stats["readouts"] += 1
-        self.readout_stats["readout_s"] += time.perf_counter() - started
-        window.draft = tokens
-        return self.llm.detokenize(tokens)
+        budget = min(budget, readout_budget(self.config.timestamps, window.seconds, self.config.tokens_per_second))
+        window.sequence.truncate(window.kv_end)  # drop anything an interrupted readout left behind
+        result = window.sequence.readout(self.tail_ids, budget, self.manifest.tokens.stop,
+                                         window.draft if self.config.use_drafts else ())
+        stats = self.readout_stats
+        stats["readouts"] += 1
+        stats["draft_tokens"] += result.draft_tokens
+        stats["accepted_tokens"] += result.accepted_tokens
+        stats["decoded_tokens"] += result.decoded_tokens
+        stats["readout_s"] += time.perf_counter() - started
+        window.draft = result.tokens
+        return self.engine.detokenize(result.tokens)
 
     def _segments(self, text: str) -> list[Segment]:
         return parse_output(text, self.config.timestamps, self.window.seconds)
@@ -292,11 +266,10 @@ class StreamingSession:
         return StreamEvent(kind, moved.start, moved.end, moved.text, timed, moved.words)
 
 
-def stream_events(model: MossAudio, blocks: Iterable[Block], config: StreamConfig,
-                  session: StreamingSession | None = None) -> Iterator[StreamEvent]:
+def stream_events(blocks: Iterable[Block], session: StreamingSession) -> Iterator[StreamEvent]:
     """Run a session over a block source, with lag and dropped-input status events. A lost
-    device ends the stream cleanly; pass your own `session` to flush it yourself on Ctrl-C."""
-    session = session or StreamingSession(model, config)
+    device ends the stream cleanly; keep the `session` to flush it yourself on Ctrl-C."""
+    config = session.config
     try:
         for block in blocks:
             lag = max(0.0, time.monotonic() - block.captured_at)

@@ -1,4 +1,4 @@
-"""What the model writes -> Segment/Word with times (SPEC §6).
+"""What the model writes -> Segment/Word with times (docs/format.md#timestamp-output).
 
 The model answers the timestamp prompts with `[s.ss]text[e.ee]` runs: `[0.00]hello
 there[2.01][2.01]the weather is nice today[4.32]`. Real output is messier (a closing stamp

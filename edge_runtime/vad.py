@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import webrtcvad
 
-SAMPLE_RATE = 16000
+from .features import SAMPLE_RATE
+
 FRAME_SAMPLES = 480  # 30 ms, one of the frame sizes WebRTC's VAD accepts
 
 
@@ -35,6 +35,8 @@ class VoiceActivity:
 
     def __init__(self, config: VadConfig = VadConfig()):
         self.config = config
+        import webrtcvad  # the `mic` extra: needed only once a stream runs
+
         self._vad = webrtcvad.Vad(config.aggressiveness)
         self._pending = np.zeros(0, dtype=np.float32)
         self._position = 0  # stream sample index of the first pending sample

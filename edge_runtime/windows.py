@@ -1,9 +1,10 @@
 """Long audio -> windows of at most `window_seconds`, cut at quiet points.
 
-Each window becomes its own prompt (SPEC §6: timestamps are relative to the audio span), so
-the encoder rows, the KV cache and the text held at once are those of one window whatever
-the length of the recording. A cut lands at the quietest 100 ms within the last
-`search_seconds` of a window, which keeps it out of words where the audio allows.
+Each window becomes its own prompt (timestamps are relative to the audio span:
+docs/format.md#timestamp-output), so the encoder rows, the KV cache and the text held at
+once are those of one window whatever the length of the recording. A cut lands at the
+quietest 100 ms within the last `search_seconds` of a window, which keeps it out of words
+where the audio allows.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .features import SAMPLE_RATE
 
 _FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
@@ -36,9 +38,9 @@ def plan_windows(samples: np.ndarray, window_seconds: float = 30.0,
                  search_seconds: float = 5.0) -> list[Window]:
     """Cover all of `samples` (16 kHz) with consecutive windows, none longer than `window_seconds`."""
     if window_seconds <= 0:
-        raise ValueError(f"window length must be positive, got {window_seconds} s")
+        raise InputError(f"window length must be positive, got {window_seconds} s")
     if not 0 <= search_seconds < window_seconds:
-        raise ValueError(f"cut search of {search_seconds} s must lie within the {window_seconds} s window")
+        raise InputError(f"cut search of {search_seconds} s must lie within the {window_seconds} s window")
     longest = int(window_seconds * SAMPLE_RATE)
     search = int(search_seconds * SAMPLE_RATE)
     windows: list[Window] = []

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-SUPPORTED_MODEL_TYPES = ("moss_audio", "moss_music")
+from edge_runtime.bundle import SUPPORTED_MODEL_TYPES
+from edge_runtime.errors import InputError
+from edge_runtime.features import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """The directory is not a usable MOSS-Audio checkpoint; the message names the culprit."""
 
 
@@ -86,10 +88,10 @@ class LanguageConfig:
 
 @dataclass(frozen=True)
 class ProcessorConfig:
-    sample_rate: int = 16000
-    n_mels: int = 128
-    n_fft: int = 400
-    hop_length: int = 160
+    sample_rate: int = SAMPLE_RATE
+    n_mels: int = N_MELS
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
     enable_time_marker: bool = True
     audio_token_id: int = 151654
     audio_start_id: int = 151669
@@ -109,10 +111,13 @@ class MossAudioConfig:
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
 
 
-def downsampled_length(n: int) -> int:
-    """Length after the three stride-2 convolutions (kernel 3, padding 1)."""
+def downsampled_length(n: int | torch.Tensor) -> int | torch.Tensor:
+    """Length after the three stride-2 convolutions (kernel 3, padding 1): of one length,
+    or elementwise of an integer tensor of lengths."""
     for _ in range(3):
-        n = (n - 1) // 2 + 1
+        # tensors divide as the released encoders were traced: the ONNX graph, and so the
+        # shipped nano bundle's bytes, depend on which floor division is traced
+        n = (torch.div(n - 1, 2, rounding_mode="floor") if isinstance(n, torch.Tensor) else (n - 1) // 2) + 1
     return n
 
 
@@ -247,7 +252,7 @@ def parse_processor_config(processor: dict) -> ProcessorConfig:
         audio_end_id=int(processor.get("audio_end_id", defaults.audio_end_id)),
     )
     front_end = (result.sample_rate, result.n_mels, result.n_fft, result.hop_length)
-    if front_end != (16000, 128, 400, 160) or mel.get("use_whisper_feature_extractor") is False:
+    if front_end != (SAMPLE_RATE, N_MELS, N_FFT, HOP_LENGTH) or mel.get("use_whisper_feature_extractor") is False:
         raise CheckpointError(
             f"processor_config.json: mel_config {mel} differs from the Whisper front end "
             "(16 kHz, 128 mels, n_fft 400, hop 160) this runtime implements")

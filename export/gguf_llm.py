@@ -1,4 +1,4 @@
-"""Write the LLM half of a checkpoint as a llama.cpp `qwen3vl` GGUF (SPEC §7).
+"""Write the LLM half of a checkpoint as a llama.cpp `qwen3vl` GGUF (docs/format.md#gguf).
 
 Tensors are streamed: the header and tensor index are written first, then each tensor is
 read from the checkpoint, converted and written, so memory holds one tensor at a time.
@@ -11,15 +11,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from edge_runtime.bundle import GGUF_CONFIG_SHA256_KEY, GGUF_FORMAT_KEY, GGUF_FORMAT_VERSION, GGUF_MODEL_TYPE_KEY
+from edge_runtime.errors import InputError
+
 from .checkpoint import Checkpoint, MossAudioConfig
 from .gguf_tokenizer import add_tokenizer
 
 ARCH = "qwen3vl"
-# Project keys, read back by the runtime to refuse a GGUF that is not one of ours.
-KEY_FORMAT = "moss_audio_edge.format_version"
-KEY_MODEL_TYPE = "moss_audio_edge.model_type"
-KEY_CONFIG_SHA256 = "moss_audio_edge.source_config_sha256"
-GGUF_FORMAT_VERSION = 1
 
 _LAYER_MAP = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -82,9 +80,9 @@ def _write_hparams(writer: gguf.GGUFWriter, cfg: MossAudioConfig, file_type: str
     writer.add_rope_dimension_sections(rope_sections(lm.head_dim))
     writer.add_num_deepstack_layers(cfg.num_deepstack)
     writer.add_file_type(FILE_TYPES[file_type])
-    writer.add_uint32(KEY_FORMAT, GGUF_FORMAT_VERSION)
-    writer.add_string(KEY_MODEL_TYPE, cfg.model_type)
-    writer.add_string(KEY_CONFIG_SHA256, config_sha256)
+    writer.add_uint32(GGUF_FORMAT_KEY, GGUF_FORMAT_VERSION)
+    writer.add_string(GGUF_MODEL_TYPE_KEY, cfg.model_type)
+    writer.add_string(GGUF_CONFIG_SHA256_KEY, config_sha256)
 
 
 def _converted(array: np.ndarray, file_type: str) -> np.ndarray:
@@ -97,7 +95,7 @@ def _converted(array: np.ndarray, file_type: str) -> np.ndarray:
 def export_llm_gguf(checkpoint: Checkpoint, out_path: Path, file_type: str = "F32",
                     name: str = "MOSS-Audio") -> None:
     if file_type not in OUTPUT_TYPES:
-        raise ValueError(f"GGUF output type {file_type!r} not one of {sorted(OUTPUT_TYPES)}")
+        raise InputError(f"GGUF output type {file_type!r} not one of {sorted(OUTPUT_TYPES)}")
     cfg = checkpoint.config
     writer = gguf.GGUFWriter(str(out_path), ARCH)
     _write_hparams(writer, cfg, file_type, checkpoint.config_sha256, name)

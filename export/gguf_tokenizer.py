@@ -13,14 +13,16 @@ from typing import Any
 
 import gguf
 
+from .checkpoint import CheckpointError
+
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise ValueError(f"tokenizer file missing: {path}")
+        raise CheckpointError(f"tokenizer file missing: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"malformed tokenizer file {path}: {err}") from err
+        raise CheckpointError(f"malformed tokenizer file {path}: {err}") from err
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
@@ -28,19 +30,19 @@ def _read_vocab(path: Path) -> dict[str, int]:
     if not isinstance(vocab, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in vocab.items()
     ):
-        raise ValueError(f"malformed tokenizer file {path}: expected an object of token -> id")
+        raise CheckpointError(f"malformed tokenizer file {path}: expected an object of token -> id")
     return vocab
 
 
 def _read_merges(path: Path) -> list[str]:
     if not path.is_file():
-        raise ValueError(f"tokenizer file missing: {path}")
+        raise CheckpointError(f"tokenizer file missing: {path}")
     merges = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line or (number == 1 and line.startswith("#version")):
             continue
         if len(line.split(" ")) != 2:
-            raise ValueError(f"malformed tokenizer file {path}: line {number} is not 'left right'")
+            raise CheckpointError(f"malformed tokenizer file {path}: line {number} is not 'left right'")
         merges.append(line)
     return merges
 
@@ -49,22 +51,22 @@ def _read_added(config: dict[str, Any], config_path: Path, added_path: Path) -> 
     """Added tokens as id -> (content, special), cross-checked against added_tokens.json."""
     decoder = config.get("added_tokens_decoder")
     if not isinstance(decoder, dict):
-        raise ValueError(f"malformed tokenizer file {config_path}: no added_tokens_decoder")
+        raise CheckpointError(f"malformed tokenizer file {config_path}: no added_tokens_decoder")
     added: dict[int, tuple[str, bool]] = {}
     for key, entry in decoder.items():
         if not (key.isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str)):
-            raise ValueError(f"malformed tokenizer file {config_path}: added token {key!r}")
+            raise CheckpointError(f"malformed tokenizer file {config_path}: added token {key!r}")
         added[int(key)] = (entry["content"], bool(entry.get("special", False)))
     ids_by_content = _read_json(added_path)
     if ids_by_content != {content: i for i, (content, _) in added.items()}:
-        raise ValueError(f"malformed tokenizer file {added_path}: disagrees with {config_path.name}")
+        raise CheckpointError(f"malformed tokenizer file {added_path}: disagrees with {config_path.name}")
     return added
 
 
 def _token_id(name: Any, ids: dict[str, int], config_path: Path, key: str) -> int:
     content = name.get("content") if isinstance(name, dict) else name
     if content not in ids:
-        raise ValueError(f"malformed tokenizer file {config_path}: {key} {content!r} is not a token")
+        raise CheckpointError(f"malformed tokenizer file {config_path}: {key} {content!r} is not a token")
     return ids[content]
 
 
@@ -81,23 +83,23 @@ def add_tokenizer(writer: gguf.GGUFWriter, checkpoint_dir: Path, vocab_size: int
     config_path = checkpoint_dir / "tokenizer_config.json"
     config = _read_json(config_path)
     if not isinstance(config, dict):
-        raise ValueError(f"malformed tokenizer file {config_path}: expected an object")
+        raise CheckpointError(f"malformed tokenizer file {config_path}: expected an object")
     vocab = _read_vocab(checkpoint_dir / "vocab.json")
     merges = _read_merges(checkpoint_dir / "merges.txt")
     added = _read_added(config, config_path, checkpoint_dir / "added_tokens.json")
     template_path = checkpoint_dir / "chat_template.jinja"
     if not template_path.is_file():
-        raise ValueError(f"tokenizer file missing: {template_path}")
+        raise CheckpointError(f"tokenizer file missing: {template_path}")
 
     entries: dict[int, tuple[str, gguf.TokenType]] = {
         i: (text, gguf.TokenType.NORMAL) for text, i in vocab.items()
     }
     for i, (content, special) in added.items():
         if i in entries and entries[i][0] != content:
-            raise ValueError(f"malformed tokenizer file {config_path}: id {i} is also {entries[i][0]!r} in vocab.json")
+            raise CheckpointError(f"malformed tokenizer file {config_path}: id {i} is also {entries[i][0]!r} in vocab.json")
         entries[i] = (content, _added_type(content, special))
     if max(entries) >= vocab_size:
-        raise ValueError(f"token id {max(entries)} does not fit vocab_size {vocab_size}")
+        raise CheckpointError(f"token id {max(entries)} does not fit vocab_size {vocab_size}")
 
     # Embedding rows without a token (and any id gap) get unique unused placeholders.
     tokens: list[str] = []

@@ -14,7 +14,8 @@ import onnx
 import torch
 from torch import nn
 
-from .reference import AudioRowsModel, downsampled_lengths
+from .checkpoint import downsampled_length
+from .reference import AudioRowsModel
 
 ONNX_OPSET = 17
 INPUT_NAMES = ["mel", "lengths"]
@@ -29,7 +30,7 @@ class AudioRowsGraph(nn.Module):
         self.model = model
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.audio_rows(mel, lengths), downsampled_lengths(lengths)
+        return self.model.audio_rows(mel, lengths), downsampled_length(lengths)
 
 
 def export_audio_encoder(model: AudioRowsModel, out_path: Path) -> list[str]:

@@ -1,5 +1,5 @@
-"""The PyTorch MOSS-Audio model, written from SPEC §4-6: what the export traces and what the
-tests hold the runtime to.
+"""The PyTorch MOSS-Audio model, written from docs/format.md (encoder, DeepStack rows,
+language model, prompt): what the export traces and what the tests hold the runtime to.
 
 Module and parameter names equal the checkpoint's tensor names, so a checkpoint loads with a
 strict `load_state_dict` and any naming mistake fails loudly.
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import AudioEncoderConfig, Checkpoint, LanguageConfig, MossAudioConfig
+from .checkpoint import AudioEncoderConfig, Checkpoint, LanguageConfig, MossAudioConfig, downsampled_length
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,8 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)), no biases: the audio adapter and each DeepStack merger."""
+    """down(silu(gate(x)) * up(x)), no biases: the audio adapter, each DeepStack merger and
+    the MLP of each Qwen3 layer."""
 
     def __init__(self, dim_in: int, dim_hidden: int, dim_out: int):
         super().__init__()
@@ -74,12 +75,6 @@ def sinusoid_positions(length: int, dim: int) -> torch.Tensor:
     return torch.cat([t.sin(), t.cos()], dim=1)
 
 
-def downsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
-    for _ in range(3):
-        lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
-    return lengths
-
-
 class AudioEncoder(nn.Module):
     def __init__(self, cfg: AudioEncoderConfig):
         super().__init__()
@@ -113,7 +108,7 @@ class AudioEncoder(nn.Module):
         """
         x = self.stem(mel)
         x = x + sinusoid_positions(x.shape[1], x.shape[2]).to(x.dtype)
-        key_mask = torch.arange(x.shape[1])[None, :] < downsampled_lengths(lengths)[:, None]
+        key_mask = torch.arange(x.shape[1])[None, :] < downsampled_length(lengths)[:, None]
         kept: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
             x = layer(x, key_mask)
@@ -164,24 +159,13 @@ class Qwen3Attention(nn.Module):
         return self.o_proj(out.transpose(-2, -3).reshape(*lead, t, -1))
 
 
-class Qwen3MLP(nn.Module):
-    def __init__(self, cfg: LanguageConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Qwen3Layer(nn.Module):
     def __init__(self, cfg: LanguageConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Qwen3Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = Qwen3MLP(cfg)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
@@ -246,7 +230,7 @@ class AudioRowsModel(nn.Module):
         longest = int(lengths.max())
         batch = torch.stack([F.pad(p, (0, longest - p.shape[1])) for p in pieces])
         rows = self.audio_rows(batch, lengths)
-        valid = downsampled_lengths(lengths)
+        valid = downsampled_length(lengths)
         return torch.cat([rows[i, : int(valid[i])] for i in range(len(pieces))])
 
 
@@ -295,13 +279,13 @@ class MossAudioReference(AudioRowsModel):
         return self.hidden_states(input_ids, audio_rows)[-1] @ self.output_weight().T
 
     @torch.no_grad()
-    def greedy(self, input_ids: torch.Tensor, audio_rows: torch.Tensor | None, max_new_tokens: int,
+    def greedy(self, input_ids: torch.Tensor, audio_rows: torch.Tensor | None, max_tokens: int,
                stop_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
         """Greedy tokens (stop excluded) and the top-1/top-2 logit margin at each step."""
         tokens: list[int] = []
         margins: list[float] = []
         ids = input_ids
-        for _ in range(max_new_tokens):
+        for _ in range(max_tokens):
             logits = self.last_logits(ids, audio_rows)
             top2 = logits.topk(2)
             margins.append(float(top2.values[0] - top2.values[1]))
@@ -316,7 +300,7 @@ class MossAudioReference(AudioRowsModel):
 def prompt_ids(n_audio: int, encode: Callable[[str], list[int]], instruction: str,
                processor_ids: tuple[int, int, int],
                system: str = "You are a helpful assistant.", time_markers: bool = True) -> list[int]:
-    """SPEC §6 prompt, written independently of the runtime's prompt builder so the tests
+    """The prompt of docs/format.md#prompt, written independently of the runtime's prompt builder so the tests
     compare two implementations. `encode` tokenizes text with special tokens recognised."""
     audio_token, audio_start, audio_end = processor_ids
     span: list[int] = []

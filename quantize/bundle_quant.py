@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 from edge_runtime import __version__
 from edge_runtime.bundle import Bundle, BundleError, Manifest, file_entry, load_bundle, write_manifest
+from edge_runtime.errors import InputError
 from edge_runtime.staging import staged_bundle_dir
 
-from .fidelity import bundle_sizes, measure_fidelity, peak_rss_bytes
+from .fidelity import bundle_sizes, loaded_peak_rss_bytes, measure_fidelity
 from .gguf_quant import SOURCE_TYPES, quantize_gguf
 from .onnx_quant import quantize_encoder
 from .presets import INT8_LAYOUTS, resolve
@@ -31,8 +32,8 @@ def check_source(source: Bundle, out: Path) -> None:
                           f"{m.encoder.dtype} / {m.llm.dtype}")
     inside = source.directory.resolve()
     if out.resolve() == inside or inside in out.resolve().parents:
-        raise FileExistsError(f"{out}: inside the input bundle {source.directory}; "
-                              "quantizing never writes into its input")
+        raise InputError(f"{out}: inside the input bundle {source.directory}; "
+                         "quantizing never writes into its input")
 
 
 def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, target: str | None = None,
@@ -41,7 +42,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, target: str | N
                     gpu_layers: int | None = None, threads: int | None = None, log: Log = print,
                     embedding_type: str | None = None) -> Path:
     """Quantize the bundle at `bundle_dir` into the new directory `out_dir`. `target` picks a
-    preset (quantize.presets.PRESETS); the arguments before `threads` override its fields.
+    preset (moss_audio_edge.quantize.presets.PRESETS); the arguments before `threads` override its fields.
     `threads` is for this machine's work (quantizing, measuring), not the bundle's runtime;
     `embedding_type` overrides the token embedding's type (llama.cpp picks it otherwise)."""
     source = load_bundle(bundle_dir, verify_hashes=True)  # the report is about these exact files
@@ -75,8 +76,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, target: str | N
         with step(log, "fidelity against the input bundle", timings, "fidelity_s") as count:
             report = measure_fidelity(source, candidate, threads, count=count)
         with step(log, "peak memory of each bundle, loaded in a fresh process", timings, "memory_s"):
-            report["memory"] = {"peak_rss_bytes": peak_rss_bytes(candidate, threads),
-                                "source_peak_rss_bytes": peak_rss_bytes(source, threads)}
+            report["memory"] = {"peak_rss_bytes": loaded_peak_rss_bytes(candidate, threads),
+                                "source_peak_rss_bytes": loaded_peak_rss_bytes(source, threads)}
         report["sizes"] = {"quantized": bundle_sizes(candidate), "source": bundle_sizes(source)}
         manifest = dataclasses.replace(manifest, parity={"export": m.parity, "fidelity": report},
                                        quantization=quantization | {"timings_s": timings})

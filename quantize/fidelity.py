@@ -29,8 +29,8 @@ from edge_runtime.audio import load_audio
 from edge_runtime.bundle import Bundle
 from edge_runtime.features import SAMPLE_RATE
 from edge_runtime.prompt import TRANSCRIBE, Tokens, build_prompt
-from edge_runtime.transcribe import MossAudio, evaluate_prompt
-from export.synthetic_speech import SAMPLE_TEXT, speak  # stdlib only: no torch
+from edge_runtime.speech import SAMPLE_TEXT, speak
+from edge_runtime.transcribe import MossAudio
 
 SETTINGS = {"kv_type": "f32", "flash_attention": "off"}  # and CPU execution
 N_CTX = 1024  # the longest probe (speech, ~21 s) needs about 400 positions
@@ -101,20 +101,15 @@ def trace(model: MossAudio, rows: np.ndarray, instruction: str, n: int,
     """Prefill the prompt, write `n` greedy tokens (stop tokens not applied, so every trace
     has `n`), then rewind to the prompt and feed `continuation` (default: those tokens)
     asking for the logits at every position."""
-    llm = model.llm
-    pieces = build_prompt(model.manifest, llm.tokenize, len(rows), instruction)
-    llm.reset()
-    evaluate_prompt(llm, pieces, rows)
-    prompt_end = llm.n_past
-    greedy = [int(np.argmax(llm.last_logits()))]
-    while len(greedy) < n:
-        llm.eval_tokens(greedy[-1:])
-        greedy.append(int(np.argmax(llm.last_logits())))
+    pieces = build_prompt(model.manifest, model.engine.tokenize, len(rows), instruction)
+    sequence = model.engine.start(pieces, rows)
+    prompt_end = sequence.n_past
+    greedy = list(sequence.decode(n, stop_ids=()))
     last = pieces[-1]
     assert isinstance(last, Tokens)  # the prompt ends with the assistant turn's tokens
-    llm.truncate(prompt_end - 1)  # re-feeding the last prompt token gives its logits back
+    sequence.truncate(prompt_end - 1)  # re-feeding the last prompt token gives its logits back
     forced = greedy if continuation is None else continuation
-    return Trace(greedy, llm.eval_tokens([last.ids[-1], *forced[:-1]], all_logits=True))
+    return Trace(greedy, sequence.eval_tokens([last.ids[-1], *forced[:-1]], all_logits=True))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -156,14 +151,14 @@ def measure_fidelity(source: Bundle, candidate: Bundle, threads: int | None = No
         try:
             return work(model)
         finally:
-            model.llm.close()
+            model.close()
             del model
             gc.collect()  # the encoder session's memory goes before the next bundle loads
 
     def encode_all(model: MossAudio) -> dict[str, np.ndarray]:
         rows = {}
         for p in probes:
-            rows[p.name] = model.encode(p.samples)
+            rows[p.name] = model.engine.encode(p.samples)
             tick()
         return rows
 
@@ -203,24 +198,21 @@ def measure_fidelity(source: Bundle, candidate: Bundle, threads: int | None = No
 
 
 MEMORY_PROBE = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 import numpy as np
 from edge_runtime.bundle import Bundle, Manifest
+from edge_runtime.measure import peak_rss_bytes
 from edge_runtime.transcribe import MossAudio
 spec = json.load(sys.stdin)
 bundle = Bundle(Path(spec["directory"]), Manifest.from_dict(spec["manifest"]))
 clip = (0.1 * np.random.default_rng(0).standard_normal(spec["samples"])).astype(np.float32)
-MossAudio(bundle, threads=spec["threads"]).generate(clip, "Transcribe the audio.", max_new_tokens=4)
-try:  # this program's own high-water mark (ru_maxrss would include the parent's, from before exec)
-    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-except OSError:  # macOS: no /proc; ru_maxrss is in bytes there
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_rss_bytes": peak}))
+MossAudio(bundle, threads=spec["threads"]).generate(clip, "Transcribe the audio.", max_tokens=4)
+print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))  # this program's own, not the parent's
 """
 
 
-def peak_rss_bytes(bundle: Bundle, threads: int | None = None) -> int:
+def loaded_peak_rss_bytes(bundle: Bundle, threads: int | None = None) -> int:
     """Peak resident memory of a fresh process that loads `bundle` with the runtime's default
     settings and answers a 4 s clip (the manifest is handed over, so the bundle need not be
     in place yet)."""

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import gguf
 import llama_cpp as C
 
+from edge_runtime.errors import InputError
 from edge_runtime.llm import check_gguf_header, llama_log_to
 
 LLAMA_FTYPES = {
@@ -55,14 +56,14 @@ def quantize_gguf(source: Path, out: Path, llm_type: str, threads: int | None = 
     """Write `source` (an F32/F16/BF16 GGUF) as `out` at `llm_type`; returns its tensor types.
     `count(done, total)` follows the tensors as llama.cpp writes them."""
     if llm_type not in LLAMA_FTYPES:
-        raise ValueError(f"LLM type {llm_type!r} not one of {', '.join(LLAMA_FTYPES)}")
+        raise InputError(f"LLM type {llm_type!r} not one of {', '.join(LLAMA_FTYPES)}")
     check_gguf_header(source)
     params = C.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[llm_type]
     params.nthread = threads or 0  # 0: every core
     if embedding_type is not None:
         if embedding_type not in EMBEDDING_TYPES:
-            raise ValueError(f"token embedding type {embedding_type!r} not one of {', '.join(EMBEDDING_TYPES)}")
+            raise InputError(f"token embedding type {embedding_type!r} not one of {', '.join(EMBEDDING_TYPES)}")
         params.token_embedding_type = int(gguf.GGMLQuantizationType[embedding_type])
 
     def on_log(text: str) -> None:

@@ -5,43 +5,60 @@ What is quantized, decided from measurements on the 4B encoder (benchmarks/resul
   encoder, stem_proj and the adapter / DeepStack MLPs (99% of the parameters; the exported
   graph has no Gemm, its linear layers trace to MatMul + Add). MatMuls of two activations
   (attention scores) stay float.
-- The three stem convolutions stay float: onnxruntime's ConvInteger ran 4.8x slower than the
-  float Conv on the 480-channel 3x3 stem (639 vs 134 ms), and they hold 0.5% of the weights.
-  onnxruntime's quantize_dynamic defaults (ConvInteger, activation MatMuls, per-tensor
-  weights) gave 1.26x over fp32 per 4 s chunk; this recipe 2.6x (3.3x on batches of 8).
+- The three stem convolutions stay float: onnxruntime's ConvInteger ran slower than the float
+  Conv on the 480-channel 3x3 stem, and they hold a tiny share of the weights. onnxruntime's
+  quantize_dynamic defaults (ConvInteger, activation MatMuls, per-tensor weights) keep little
+  of int8's speed-up over fp32; this recipe keeps most of it (both are the `int8-plain-ort`
+  and `int8` rows of benchmarks/results/quantize_4b.md).
 - LayerNorms, biases and positions are never quantized (weight-only schemes leave them float).
-- int8 is onnxruntime's dynamic quantization (MatMulInteger, fused at load time into
-  DynamicQuantizeMatMul): u8 activations quantized per tensor at run time, s8 symmetric
-  per-channel weights: the settings of optimum's AutoQuantizationConfig.arm64 / avx512_vnni,
-  applied through onnxruntime directly (optimum-onnx pins transformers<4.58, older than the
-  export stack). u8 x s8 is the fast pair on ARM64 dot-product and x86 VNNI/AMX kernels;
-  u8 x u8 (optimum's avx2 layout) and 8-bit MatMulNBits ran no faster than fp32 here.
+- int8 is optimum's ORTQuantizer with the target's AutoQuantizationConfig preset (arm64,
+  avx512_vnni or avx2; quantize/presets.py), dynamic: onnxruntime's MatMulInteger, fused at
+  load time into DynamicQuantizeMatMul, u8 activations quantized per tensor at run time, s8
+  symmetric per-channel weights. u8 x s8 is the fast pair on ARM64 dot-product and x86
+  VNNI/AMX kernels; u8 x u8 (the weights of optimum's avx2 preset, replaced here by s8) ran
+  slower than u8 x s8, and 8-bit MatMulNBits no faster than fp32. The avx2 layout's
   `reduce_range` keeps weights in 7 bits so that AVX2 CPUs without VNNI cannot saturate
-  their int16 accumulation (row error 7.9% against 4.8% on random weights).
+  their int16 accumulation: on a VNNI CPU it costs some row error (the `int8-7bit` row of
+  benchmarks/results/quantize_4b.md), on an AVX2 one it has less error than 8 bits
+  (benchmarks/results/int8_recipe.md). The presets are handed the MatMuls to quantize by
+  name: ORTQuantizer, unlike onnxruntime's quantize_dynamic, would also quantize the
+  attention-score MatMuls. The result is byte for byte the encoder that quantize_dynamic
+  gave with the same settings (benchmarks/results/int8_recipe.md).
 - int4 is onnxruntime's MatMulNBits: symmetric 4-bit blocks along K with an fp32 scale per
   block, accuracy level 4 (int8 activations in the kernel, its fast CPU path). On 50-row
   chunks it runs about as fast as fp32 on x86: int4 buys memory, not speed.
 - fp16 converts every float tensor but keeps the graph's inputs and outputs fp32; it is meant
   for GPU execution providers, though the CPU provider runs it too. LayerNorms stay fp16:
-  keeping them fp32 moved the row error from 0.046% to 0.044%.
+  keeping them fp32 changed the row error (the `fp16` row of quantize_4b.md) by nothing
+  that matters.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 from onnx.external_data_helper import load_external_data_for_model
 
+from edge_runtime.errors import InputError
+
+from .presets import INT8_LAYOUTS, Int8Layout
+
+if TYPE_CHECKING:
+    from optimum.onnxruntime import QuantizationConfig
+
 INT4_ACCURACY_LEVEL = 4
-# Blocks of 32 along K: on the 4B encoder, blocks of 128 ran ~1.9x faster but left 43% row
-# error against 34% (random weights); the first size here that divides every K is used.
+# Blocks of 32 along K: on the 4B encoder, blocks of 128 ran faster but left clearly more row
+# error than the 32-blocks' (the `int4` row of benchmarks/results/quantize_4b.md); the first
+# size here that divides every K is used.
 INT4_BLOCK_SIZES = (32, 16)
 # Past this many bytes of weights a model is saved with an external data file (protobuf
 # cannot hold 2 GB; the margin covers the graph itself).
@@ -99,8 +116,10 @@ def _save(model: onnx.ModelProto, path: Path) -> list[str]:
 @contextmanager
 def _quiet_onnxruntime() -> Iterator[None]:
     """onnxruntime's quantizers log every node at INFO and advise pre-processing on the root
-    logger (this graph needs none: its weights are plain MatMul initializers)."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    logger (this graph needs none: its weights are plain MatMul initializers); optimum warns
+    that a bundle has no transformers config.json to copy beside the model."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer"),
+               logging.getLogger("optimum.onnxruntime.quantization")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -112,15 +131,33 @@ def _quiet_onnxruntime() -> Iterator[None]:
 
 
 # onnxruntime's quantizers and fp16 converter are handed models, never paths: given a path
-# they write their shape-inferred copy beside it, in the input bundle.
+# they write their shape-inferred copy beside it, in the input bundle. (optimum's ORTQuantizer
+# takes a path, but loads it and hands onnxruntime the model.)
 
-def _int8(source: Path, out: Path, reduce_range: bool) -> list[str]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def int8_config(layout: Int8Layout, matmuls: list[str]) -> QuantizationConfig:
+    """optimum's preset for the layout, dynamic, held to the measured recipe: only the named
+    MatMuls (those with a constant weight), symmetric per-channel s8 weights."""
+    from onnxruntime.quantization import QuantType
+    from optimum.onnxruntime import AutoQuantizationConfig
 
-    # a quarter of the fp32 size: one file for any MOSS-Audio encoder
-    quantize_dynamic(onnx.load(str(source)), out, op_types_to_quantize=["MatMul"], per_channel=True,
-                     reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                     extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True})
+    preset = getattr(AutoQuantizationConfig, layout.optimum_preset)
+    # only avx2 takes reduce_range; arm64 and avx512_vnni fix it at False
+    seven_bit = {"reduce_range": True} if layout.reduce_range else {}
+    config = preset(is_static=False, use_symmetric_weights=True, per_channel=True,
+                    operators_to_quantize=["MatMul"], nodes_to_quantize=matmuls, **seven_bit)
+    # s8 weights on every layout: the avx2 preset's u8 weights ran slower, even on AVX2
+    return dataclasses.replace(config, weights_dtype=QuantType.QInt8)
+
+
+def _int8(source: Path, out: Path, layout: Int8Layout, matmuls: list[str]) -> list[str]:
+    from optimum.onnxruntime import ORTQuantizer
+
+    quantizer = ORTQuantizer.from_pretrained(source.parent, file_name=source.name)
+    # optimum writes its ort_config.json beside the model: a scratch folder keeps it out of
+    # the bundle. A quarter of the fp32 size: one file for any MOSS-Audio encoder.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as scratch:
+        quantizer.quantize(int8_config(layout, matmuls), scratch, file_suffix=None)
+        (Path(scratch) / f"{source.stem}.onnx").replace(out)
     return [out.name]
 
 
@@ -145,9 +182,10 @@ def _fp16(source: Path) -> onnx.ModelProto:
 
 
 def quantize_encoder(source_dir: Path, source_files: list[str], out_dir: Path, encoder_type: str,
-                     reduce_range: bool = False) -> EncoderFiles:
+                     int8_layout: Int8Layout = INT8_LAYOUTS["vnni"]) -> EncoderFiles:
     """Write the encoder whose files (model first) are `source_files` in `source_dir` into
-    `out_dir` at `encoder_type`, under the same model file name."""
+    `out_dir` at `encoder_type`, under the same model file name; int8 weights laid out for
+    `int8_layout`'s CPUs."""
     if encoder_type == "fp32":
         for name in source_files:
             shutil.copyfile(source_dir / name, out_dir / name)
@@ -156,9 +194,11 @@ def quantize_encoder(source_dir: Path, source_files: list[str], out_dir: Path, e
     header = onnx.load(str(source), load_external_data=False)  # shapes only: cheap at any size
     with _quiet_onnxruntime():
         if encoder_type == "int8":
-            files = _int8(source, out, reduce_range)
-            recipe = {"scheme": "int8 dynamic (MatMulInteger)", "weights": "s8 symmetric per output channel",
-                      "activations": "u8 per tensor, computed at run time", "reduce_range": reduce_range}
+            files = _int8(source, out, int8_layout, list(weight_matmuls(header)))
+            recipe = {"scheme": "int8 dynamic (MatMulInteger)",
+                      "quantizer": f"optimum ORTQuantizer, AutoQuantizationConfig.{int8_layout.optimum_preset}",
+                      "weights": "s8 symmetric per output channel",
+                      "activations": "u8 per tensor, computed at run time", "reduce_range": int8_layout.reduce_range}
         elif encoder_type == "int4":
             block = int4_block_size(header)
             files = _save(_int4(source, block), out)
@@ -169,7 +209,7 @@ def quantize_encoder(source_dir: Path, source_files: list[str], out_dir: Path, e
             files = _save(_fp16(source), out)
             recipe = {"scheme": "fp16 (inputs and outputs stay fp32)"}
         else:
-            raise ValueError(f"encoder type {encoder_type!r} not one of fp32, fp16, int8, int4")
+            raise InputError(f"encoder type {encoder_type!r} not one of fp32, fp16, int8, int4")
     if encoder_type in ("int8", "int4"):
         recipe |= {"quantized": f"MatMul with constant weights ({len(weight_matmuls(header))} matrices)",
                    "kept_float": ["Conv (stem)", "LayerNormalization", "attention-score MatMuls", "biases"],

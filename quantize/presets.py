@@ -14,17 +14,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.device import DEVICES
+from edge_runtime.device import ALL_LAYERS, DEVICES
+from edge_runtime.errors import InputError
 
 ENCODER_TYPES = ("fp32", "fp16", "int8", "int4")
 LLM_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
-# int8 weight layouts by CPU -> reduce_range. All are optimum's AutoQuantizationConfig for
-# dynamic quantization with s8 weights (u8 activations, symmetric per-channel weights):
-# arm64 and x86 VNNI/AMX use the full 8 bits; "avx2" keeps weights in 7 bits because AVX2
-# without VNNI multiplies u8 x s8 pairs into int16 that can saturate (optimum's avx512
-# reduce_range advice). optimum's own avx2 layout, u8 weights, measured no faster than fp32.
-INT8_LAYOUTS = {"arm64": False, "vnni": False, "avx2": True}
-ALL_GPU_LAYERS = 999  # llama.cpp caps this at the model's layer count
+
+
+@dataclass(frozen=True)
+class Int8Layout:
+    """How int8 weights are laid out for a family of CPUs: optimum's AutoQuantizationConfig
+    preset for them, and whether weights keep to 7 bits."""
+    optimum_preset: str  # the AutoQuantizationConfig constructor
+    reduce_range: bool
+
+
+# Every layout is dynamic quantization with u8 activations and s8 symmetric per-channel
+# weights: arm64 and x86 VNNI/AMX use the full 8 bits; "avx2" keeps weights in 7 bits because
+# AVX2 without VNNI multiplies u8 x s8 pairs into int16 that can saturate (optimum's own
+# reduce_range advice). optimum's avx2 preset stores u8 weights, which ran slower than s8 even
+# on AVX2: quantize/onnx_quant.py keeps s8 there (benchmarks/results/int8_recipe.md).
+INT8_LAYOUTS = {"arm64": Int8Layout("arm64", reduce_range=False),
+                "vnni": Int8Layout("avx512_vnni", reduce_range=False),
+                "avx2": Int8Layout("avx2", reduce_range=True)}
 
 
 def host_int8_layout() -> str:
@@ -65,7 +77,7 @@ PRESETS: dict[str, Preset] = {
         "Apple Silicon: int8 encoder on the CPU (CoreML takes no integer MatMul, so a CPU-only "
         "encoder avoids a split graph), Q4_K_M LLM with every layer on Metal",
         encoder="int8", llm="Q4_K_M", int8_layout="arm64", device="cpu", threads=None,
-        gpu_layers=ALL_GPU_LAYERS),
+        gpu_layers=ALL_LAYERS),
     "x86": Preset(
         "x86-64 laptop or desktop: int8 encoder with 7-bit weights (no int16 saturation on "
         "AVX2 CPUs without VNNI), Q4_K_M LLM on the CPU, every core",
@@ -77,7 +89,7 @@ def resolve(target: str | None, **overrides: Any) -> Preset:
     """The target's preset with every override that is not None applied. Without a target:
     the runtime's automatic device, every core, and the int8 layout of this machine."""
     if target is not None and target not in PRESETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown target {target!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[target] if target else Preset(
         "no target: the runtime's automatic device on a machine like this one", encoder="int8",
         llm="Q4_K_M", int8_layout=host_int8_layout(), device="auto", threads=None, gpu_layers=None)
@@ -87,5 +99,5 @@ def resolve(target: str | None, **overrides: Any) -> Preset:
                                  (preset.int8_layout, tuple(INT8_LAYOUTS), "int8 layout"),
                                  (preset.device, DEVICES, "device")):
         if value not in allowed:
-            raise ValueError(f"{what} {value!r} not one of {', '.join(allowed)}")
+            raise InputError(f"{what} {value!r} not one of {', '.join(allowed)}")
     return preset

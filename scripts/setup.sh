@@ -21,8 +21,12 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/pip install -q torch==2.13.0
+# The CPU build of torch first, from PyTorch's CPU wheel index: the default index's Linux torch
+# is the multi-GB CUDA build. Where that index cannot be reached (offline mirrors), the default
+# index; failing fast, as an unreachable index would otherwise be retried for minutes.
+.venv/bin/pip install -q --index-url https://download.pytorch.org/whl/cpu --timeout 10 --retries 0 torch==2.13.0 \
+  || { echo "PyTorch's CPU wheel index unreachable: torch from the default index" >&2
+       .venv/bin/pip install -q torch==2.13.0; }
 # llama-cpp-python compiles from source (about 10 minutes on 2 cores; pip caches the wheel).
 .venv/bin/pip install -q -e ".[export,quantize,server,mic,dev]"
 echo "set-up done: .venv/bin/moss-edge is ready"

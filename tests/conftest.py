@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from export.synthetic_tokenizer import write_tokenizer_files
+from moss_audio_edge.export.tokenizer_writer import write_tokenizer_files
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +28,10 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache_dir:
 import numpy as np  # noqa: E402
 
 from edge_runtime.audio import load_audio  # noqa: E402
-from export.bundle_export import export_bundle  # noqa: E402
-from export.synthetic_checkpoint import config_with, write_random_checkpoint  # noqa: E402
-from export.synthetic_speech import SAMPLE_TEXT, speak  # noqa: E402
+from moss_audio_edge.export.bundle_export import export_bundle  # noqa: E402
+from moss_audio_edge.export.checkpoint_writer import config_with  # noqa: E402
+from edge_runtime.speech import SAMPLE_TEXT, speak  # noqa: E402
+from tests.fixtures.checkpoints import write_random_checkpoint  # noqa: E402
 
 # Two shapes that differ in every dimension the export maps: encoder width, heads, layers,
 # DeepStack indexes and K (2 of 2, and 1 of 2 via deepstack_num_inject_layers), LLM width,

@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from edge_runtime.features import log_mel_frames, normalize_log_mel
-from edge_runtime.llm import generate
-from edge_runtime.stream import StreamConfig, StreamingSession
 from edge_runtime.transcribe import MossAudio
 
 
@@ -23,19 +21,18 @@ def running_max_mel(audio: np.ndarray, frames: int | None = None, chunk_frames: 
 
 def offline_tokens(model: MossAudio, audio: np.ndarray, instruction: str, budget: int,
                    frames: int | None = None) -> list[int]:
-    rows = model.encoder.encode(running_max_mel(audio, frames))
-    model.prefill(rows, instruction)
-    return list(generate(model.llm, budget, model.manifest.tokens.stop))
+    rows = model.engine.encoder.encode(running_max_mel(audio, frames))
+    return list(model.prefill(rows, instruction).decode(budget, model.manifest.tokens.stop))
 
 
 def offline_choice_gaps(model: MossAudio, audio: np.ndarray, instruction: str, tokens: list[int]) -> np.ndarray:
     """How far below the offline model's best logit each streamed token lies, with the streamed
     tokens as context (0 where it is the offline greedy choice); the last entry is for the
     stop token that ended the window."""
-    rows = model.encoder.encode(running_max_mel(audio))
-    model.prefill(rows, instruction)
-    first = model.llm.last_logits()[None]
-    logits = np.concatenate([first, model.llm.eval_tokens(tokens, all_logits=True)]) if tokens else first
+    rows = model.engine.encoder.encode(running_max_mel(audio))
+    sequence = model.prefill(rows, instruction)
+    first = sequence.logits()[None]
+    logits = np.concatenate([first, sequence.eval_tokens(tokens, all_logits=True)]) if tokens else first
     best = logits.max(axis=1)
     chosen = logits[np.arange(len(tokens)), tokens]
     stop = logits[-1, list(model.manifest.tokens.stop)].max()
@@ -43,7 +40,7 @@ def offline_choice_gaps(model: MossAudio, audio: np.ndarray, instruction: str, t
 
 
 def run_session(model: MossAudio, audio: np.ndarray, block: int = 1600, **options):
-    session = StreamingSession(model, StreamConfig(**options))
+    session = model.stream_session(**options)
     events = []
     for lo in range(0, len(audio), block):
         for event in session.feed(audio[lo:lo + block]):

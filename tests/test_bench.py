@@ -1,5 +1,6 @@
 """`moss-edge bench` and benchmarks/bench_4b.py's smoke mode on the tiny bundles: the output's
-structure and sanity (positive rates, ratios and limits that follow from the measured numbers).
+structure and sanity (positive rates; in the benchmark, overhead ratios and limits that follow
+from the measured numbers).
 No timed assertions: these machines are shared."""
 from __future__ import annotations
 
@@ -48,11 +49,10 @@ def test_bench_cli_json(tiny_bundles, speech_wav: Path) -> None:
                        "--runs", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["threads"] == report["machine"]["threads"] == 1
+    assert report["threads"] == 1
     assert (report["encoder_type"], report["llm_type"]) == ("fp32", "F32")
     assert positive(report["encoder_ms_per_chunk"], report["peak_rss_gib"])
-    check_llm(report["llm"])
-    check_limits(report["llm_limits"], report["llm_costs"], report["machine"])
+    assert positive(report["llm"]["prefill_tok_s"], report["llm"]["decode_tok_s"])
     check_end_to_end(report["end_to_end"], 6.5)
     assert 20 < report["end_to_end"]["audio_s"] < 28  # the whole of --audio was transcribed
 
@@ -60,9 +60,9 @@ def test_bench_cli_json(tiny_bundles, speech_wav: Path) -> None:
 def test_bench_cli_text_with_a_generated_clip(tiny_bundles) -> None:
     result = moss_edge("bench", str(tiny_bundles["k2"]), "--seconds", "5", "--threads", "1", "--runs", "1")
     assert result.returncode == 0, result.stderr
-    for label in ("encoder", "LLM prefill", "LLM decode", "end to end", "machine", "peak memory"):
+    for label in ("encoder", "LLM prefill", "LLM decode", "end to end", "peak memory"):
         assert any(line.startswith(label) for line in result.stdout.splitlines()), (label, result.stdout)
-    assert "overhead x" in result.stdout and "RTF" in result.stdout and "on 5.0 s" in result.stdout
+    assert "RTF" in result.stdout and "on 5.0 s" in result.stdout
 
 
 def test_bench_cli_refuses_a_missing_bundle(tmp_path: Path) -> None:

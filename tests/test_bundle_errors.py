@@ -135,7 +135,7 @@ def test_the_copy_is_a_valid_bundle(bundle: Path, speech_wav: Path):
     """Every failure below is caused by its breakage, not by the copy."""
     MossAudio(load_bundle(bundle, verify_hashes=True), threads=1, n_ctx=512)
     result = moss_edge("run", str(bundle), "--audio", str(speech_wav), "--json",
-                       "--max-new-tokens", "2", "--verify", "--threads", "1")
+                       "--max-tokens", "2", "--verify", "--threads", "1")
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["token_ids"]) == 2
 
@@ -154,7 +154,7 @@ def test_broken_bundle_is_refused_with_a_clear_error(case: Case, bundle: Path, t
     for needle in case.needles:
         assert needle in str(caught.value), (needle, str(caught.value))
 
-    args = ["run", str(bundle), "--audio", str(speech_wav), "--json", "--max-new-tokens", "2"]
+    args = ["run", str(bundle), "--audio", str(speech_wav), "--json", "--max-tokens", "2"]
     assert_one_line_error(moss_edge(*args, *(["--verify"] if case.verify else [])), list(case.needles))
 
 

@@ -16,6 +16,11 @@ import soundfile as sf
 from cli_helpers import assert_one_line_error, moss_edge
 
 import edge_runtime
+import edge_runtime.bundle as bundle_module
+from edge_runtime.audio import AudioError
+from edge_runtime.cli import build_parser, exit_codes, main
+from edge_runtime.errors import InputError
+from edge_runtime.prompt import ANSWER_TOKENS
 from edge_runtime.transcribe import MossAudio
 
 PROMPT = "Transcribe the audio."
@@ -24,7 +29,7 @@ LONG_RUN = 40  # tokens: enough for sampling to leave the greedy path reliably
 # slower with all cores (seen: 14 s instead of 1 s on 2 shared cores). The default is
 # exercised by test_a_single_mel_frame_is_enough.
 ONE_THREAD = ("--threads", "1")
-EXPORT_STACK = ("torch", "transformers", "safetensors", "onnx", "gguf", "export")
+EXPORT_STACK = ("torch", "transformers", "safetensors", "onnx", "gguf", "moss_audio_edge")
 
 
 def blocking(names: tuple[str, ...]) -> str:
@@ -58,7 +63,7 @@ def run_json(bundle: Path, audio: Path, *options: str, threads: tuple[str, ...] 
 
 
 def greedy_args(n: int) -> list[str]:
-    return ["--max-new-tokens", str(n), "--temperature", "0"]
+    return ["--max-tokens", str(n), "--temperature", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +92,14 @@ def test_run_json_prints_text_token_ids_and_timings(greedy: dict, bundle: Path):
 
 def test_greedy_cli_matches_in_process_generate_and_repeats(greedy: dict, bundle: Path, speech_wav: Path):
     model = MossAudio(bundle, threads=1)  # as the CLI runs it: one thread, 8192 context
-    in_process = model.generate(speech_wav, PROMPT, max_new_tokens=LONG_RUN, temperature=0.0)
+    in_process = model.generate(speech_wav, PROMPT, max_tokens=LONG_RUN, temperature=0.0)
     assert greedy["token_ids"] == in_process.token_ids
     assert greedy["text"] == in_process.text
     assert len(set(in_process.token_ids)) > 10  # a real sequence, not one token repeated
     assert run_json(bundle, speech_wav, *greedy_args(LONG_RUN))["token_ids"] == greedy["token_ids"]
 
 
-def test_max_new_tokens_bounds_the_output(greedy: dict, bundle: Path, speech_wav: Path):
+def test_max_tokens_bounds_the_output(greedy: dict, bundle: Path, speech_wav: Path):
     ids = run_json(bundle, speech_wav, *greedy_args(5))["token_ids"]
     assert len(ids) <= 5
     assert ids == greedy["token_ids"][:5]
@@ -114,7 +119,7 @@ def test_stop_token_ends_generation_and_is_not_printed(greedy: dict, bundle: Pat
 
 
 def test_seeded_sampling_repeats_and_leaves_the_greedy_path(greedy: dict, bundle: Path, speech_wav: Path):
-    sample = ["--max-new-tokens", str(LONG_RUN), "--temperature", "1.0"]
+    sample = ["--max-tokens", str(LONG_RUN), "--temperature", "1.0"]
     first = run_json(bundle, speech_wav, *sample, "--seed", "3")["token_ids"]
     again = run_json(bundle, speech_wav, *sample, "--seed", "3")["token_ids"]
     other_seed = run_json(bundle, speech_wav, *sample, "--seed", "4")["token_ids"]
@@ -228,7 +233,7 @@ def test_run_works_without_the_export_stack(greedy: dict, bundle: Path, speech_w
 def test_export_without_the_export_stack_names_the_extra(tiny_checkpoints, tmp_path: Path):
     # the third-party stack missing, our own `export` package present: what a runtime-only
     # install gives
-    code = blocking(tuple(n for n in EXPORT_STACK if n != "export")) + (
+    code = blocking(tuple(n for n in EXPORT_STACK if n != "moss_audio_edge")) + (
         "from edge_runtime.cli import main\n"
         "sys.argv = ['moss-edge'] + sys.argv[1:]\n"
         "sys.exit(main())\n")
@@ -238,3 +243,89 @@ def test_export_without_the_export_stack_names_the_extra(tiny_checkpoints, tmp_p
     assert "Traceback" not in result.stderr
     assert "moss-audio-edge[export]" in result.stderr and "torch" in result.stderr
     assert not out.exists()
+
+
+# --- one vocabulary: flags and the exit-code contract ------------------------------------
+
+def test_device_means_the_compute_device_everywhere_and_mic_the_microphone():
+    parser = build_parser()
+    for command in (["run", "nano", "--audio", "a.wav"], ["transcribe", "nano", "a.wav"], ["ask", "nano", "a.wav", "Q?"],
+                    ["listen", "nano"], ["serve", "nano"], ["bench", "nano"]):
+        assert parser.parse_args([*command, "--device", "cuda"]).device == "cuda"
+        assert parser.parse_args(command).device == "auto"
+    listen = parser.parse_args(["listen", "nano", "--mic", "USB Audio", "--device", "cpu"])
+    assert (listen.mic, listen.device, listen.input) == ("USB Audio", "cpu", None)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["listen", "nano", "--mic", "2", "--input", "a.wav"])
+    assert exit_info.value.code == exit_codes.USAGE
+    quantize = parser.parse_args(["quantize", "nano", "out", "--runtime-device", "cuda"])
+    assert quantize.runtime_device == "cuda" and not hasattr(quantize, "device")
+
+
+def test_output_budgets_are_max_tokens_with_the_prompt_defaults():
+    parser = build_parser()
+    assert parser.parse_args(["run", "nano", "--audio", "a.wav"]).max_tokens == ANSWER_TOKENS
+    assert parser.parse_args(["run", "nano", "--audio", "a.wav", "--max-tokens", "7"]).max_tokens == 7
+    assert parser.parse_args(["ask", "nano", "a.wav", "Q?"]).max_tokens == ANSWER_TOKENS
+    assert parser.parse_args(["transcribe", "nano", "a.wav"]).max_tokens is None  # scaled to the window
+
+
+def test_an_unknown_device_is_bad_input(bundle: Path, speech_wav: Path):
+    result = moss_edge("run", str(bundle), "--audio", str(speech_wav), "--device", "tpu")
+    assert_one_line_error(result, ["unknown device 'tpu'"])
+
+
+@pytest.mark.parametrize("error, code", [
+    (InputError("bad input"), exit_codes.BAD_INPUT),
+    (AudioError("bad audio"), exit_codes.BAD_INPUT),
+    (ValueError("a bug that happens to be a ValueError"), exit_codes.FAILURE),
+    (RuntimeError("a bug"), exit_codes.FAILURE),
+    (ModuleNotFoundError("No module named 'numpy'", name="numpy"), exit_codes.FAILURE),  # `info` has no extra
+    (KeyboardInterrupt(), exit_codes.INTERRUPTED),
+])
+def test_only_input_errors_are_bad_input(error: BaseException, code: int, monkeypatch, capsys, caplog):
+    def failing(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(bundle_module, "load_bundle", failing)
+    assert main(["info", "nano"]) == code
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") == (code == exit_codes.BAD_INPUT), stderr
+    bugs = [r for r in caplog.records if r.name == "moss_edge" and r.exc_info and r.exc_info[1] is error]
+    assert len(bugs) == (code == exit_codes.FAILURE)
+
+
+def test_a_bug_exits_1_with_its_traceback_on_stderr():
+    code = (
+        "import sys\n"
+        "import edge_runtime.bundle\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise ValueError('a bug, not bad input')\n"
+        "edge_runtime.bundle.load_bundle = broken\n"
+        "from edge_runtime.cli import main\n"
+        "sys.exit(main(['info', 'nano']))\n")
+    result = python(code)
+    assert result.returncode == exit_codes.FAILURE, result.stderr
+    assert "Traceback" in result.stderr and "ValueError: a bug, not bad input" in result.stderr
+    assert "error: " not in result.stderr
+
+
+def test_version_and_help_load_neither_onnxruntime_nor_llama_cpp():
+    code = ("import sys\n"
+            "import edge_runtime\n"
+            "from edge_runtime.cli import build_parser\n"
+            "build_parser().format_help()\n"
+            "print(edge_runtime.__version__, sorted(m for m in sys.modules if m.partition('.')[0] in "
+            "('onnxruntime', 'llama_cpp')))\n")
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(" ", 1) == [edge_runtime.__version__, "[]\n"]
+
+
+def test_public_api_names():
+    assert set(edge_runtime.__all__) >= {"MossAudio", "Segment", "Word", "TranscriptionInfo", "InputError",
+                                         "AudioError", "BundleError"}
+    for name in edge_runtime.__all__:
+        assert getattr(edge_runtime, name) is not None
+    assert issubclass(edge_runtime.AudioError, edge_runtime.InputError)
+    assert issubclass(edge_runtime.BundleError, edge_runtime.InputError)
+    assert issubclass(edge_runtime.DeviceError, edge_runtime.InputError)

@@ -26,7 +26,7 @@ def bundle(tiny_bundles) -> str:
 
 def transcribe(bundle: str, audio: Path | str, out: Path, *options: str) -> subprocess.CompletedProcess:
     return moss_edge("transcribe", bundle, str(audio), "--format", "all", "--output-dir", str(out),
-                     "--window-seconds", "10", "--max-new-tokens", "16", *FAST, *options)
+                     "--window-seconds", "10", "--max-tokens", "16", *FAST, *options)
 
 
 def test_transcribe_writes_every_format(bundle, speech_wav, tmp_path):
@@ -44,7 +44,7 @@ def test_transcribe_writes_every_format(bundle, speech_wav, tmp_path):
 
 def test_transcribe_prints_only_without_format(bundle, speech_wav, tmp_path):
     result = moss_edge("transcribe", bundle, str(speech_wav), "--timestamps", "none",
-                       "--window-seconds", "10", "--max-new-tokens", "8", *FAST, cwd=tmp_path)
+                       "--window-seconds", "10", "--max-tokens", "8", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
     assert result.stdout.splitlines()[0].startswith("[00:00:00.000 --> ")
@@ -98,7 +98,7 @@ def test_missing_bundle(tmp_path, speech_wav):
 def test_one_bad_file_among_good_ones_fails_alone(bundle, speech_wav, tmp_path):
     bad = corrupt_wav(tmp_path / "bad.wav")
     result = moss_edge("transcribe", bundle, str(bad), str(speech_wav), "--format", "txt,srt", "--output-dir",
-                       str(tmp_path / "out"), "--window-seconds", "10", "--max-new-tokens", "8", *FAST)
+                       str(tmp_path / "out"), "--window-seconds", "10", "--max-tokens", "8", *FAST)
     assert_bad_input(result, "bad.wav")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["speech.srt", "speech.txt"]
 
@@ -116,7 +116,7 @@ def test_window_too_long_for_the_context(bundle, speech_wav, tmp_path):
 
 def test_requested_gpu_falls_back_with_a_warning(bundle, speech_wav, tmp_path):
     result = moss_edge("transcribe", bundle, str(speech_wav), "--device", "cuda", "--timestamps", "none",
-                       "--max-new-tokens", "4", *FAST)
+                       "--max-tokens", "4", *FAST)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "device 'cuda' unavailable" in line]
     assert len(warnings) == 1 and "falling back to the CPU" in warnings[0]

@@ -19,12 +19,13 @@ import torch
 from cli_helpers import moss_edge
 from safetensors.torch import load_file, save_file
 
-import export.bundle_export as bundle_export
+import moss_audio_edge.export.bundle_export as bundle_export
 from edge_runtime.bundle import load_bundle, sha256_of
+from edge_runtime.errors import InputError
 from edge_runtime.transcribe import MossAudio
-from export.bundle_export import export_bundle
-from export.checkpoint import Checkpoint, CheckpointError, expected_tensor_shapes, parse_config
-from export.synthetic_checkpoint import PUBLISHED_4B_CONFIG, config_with
+from moss_audio_edge.export.bundle_export import export_bundle
+from moss_audio_edge.export.checkpoint import Checkpoint, CheckpointError, expected_tensor_shapes, parse_config
+from moss_audio_edge.export.checkpoint_writer import PUBLISHED_4B_CONFIG, config_with
 
 INDEX = "model.safetensors.index.json"
 NORM = "language_model.norm.weight"  # a small tensor (hidden_size floats) to break
@@ -205,7 +206,7 @@ def test_nonempty_output_directory_is_refused_and_untouched(checkpoint: Path, tm
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "notes.txt").write_text("mine, do not delete\n")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(InputError, match="not empty"):
         export_bundle(checkpoint, out, log=lambda _: None)
     assert_bad_input(run_export(checkpoint, out), [str(out), "not empty"])
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
@@ -253,7 +254,7 @@ def test_moss_music_checkpoint_with_inv_timescales_exports(checkpoint: Path, tmp
     music = MossAudio(out, threads=1, n_ctx=256)  # the GGUF's model type matches its manifest
     audio = MossAudio(tiny_bundles["k1"], threads=1, n_ctx=256)
     clip = speech[: 16000 * 5]
-    np.testing.assert_array_equal(music.encode(clip), audio.encode(clip))
+    np.testing.assert_array_equal(music.engine.encode(clip), audio.engine.encode(clip))
 
 
 def test_single_file_checkpoint_without_index_exports(checkpoint: Path, tmp_path: Path,

@@ -25,7 +25,7 @@ def extractor() -> WhisperFeatureExtractor:
 
 
 def _reference(extractor: WhisperFeatureExtractor, audio: np.ndarray) -> np.ndarray:
-    # The numpy path of the extractor, which is SPEC §3's definition, without 30 s padding.
+    # The numpy path of the extractor, the definition in docs/format.md#log-mel-front-end, without 30 s padding.
     return extractor._np_extract_fbank_features(audio[None], device="cpu")[0]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import edge_runtime.formats as formats
+import edge_runtime.staging as staging
 from edge_runtime.formats import FORMATS, RENDERERS, clock, cue_times, write_transcript
 from edge_runtime.timestamps import Segment, Word
 
@@ -82,8 +83,8 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path: Pat
 
     def fail(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(formats.os, "replace", fail)
+    monkeypatch.setattr(staging.os, "replace", fail)
     with pytest.raises(OSError):
-        formats.write_atomic(target, "new\n")
+        staging.write_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["clip.txt"]

@@ -82,7 +82,7 @@ def check_times(events: list[dict], duration: float) -> None:
 
 
 def test_listen_transcribes_speech_captured_through_portaudio(tiny_bundles, speech_wav, sink):
-    listener = Listener(str(tiny_bundles["k2"]), "--device", "pulse", "--max-seconds", "28",
+    listener = Listener(str(tiny_bundles["k2"]), "--mic", "pulse", "--max-seconds", "28",
                         "--threads", "1", env={"PULSE_SOURCE": f"{sink}.monitor"})
     listener.wait_for(lambda e: e.get("state") == "listening", timeout=60)
     subprocess.run(["paplay", f"--device={sink}", str(speech_wav)], check=True, timeout=60)
@@ -97,7 +97,7 @@ def test_listen_transcribes_speech_captured_through_portaudio(tiny_bundles, spee
 def test_listen_flushes_the_transcript_when_the_device_vanishes(tiny_bundles, speech_wav, sink):
     others = [line for line in _pactl("list", "short", "sources").splitlines() if sink not in line]
     assert not others, f"other PulseAudio sources would catch the moved stream: {others}"
-    listener = Listener(str(tiny_bundles["k2"]), "--device", "pulse", "--threads", "1",
+    listener = Listener(str(tiny_bundles["k2"]), "--mic", "pulse", "--threads", "1",
                         env={"PULSE_SOURCE": f"{sink}.monitor"})
     listener.wait_for(lambda e: e.get("state") == "listening", timeout=60)
     player = subprocess.Popen(["paplay", f"--device={sink}", str(speech_wav)])
@@ -145,13 +145,14 @@ def test_a_slow_consumer_loses_input_and_is_told(sink, monkeypatch):
 def test_readme_demo_listens_to_the_microphone_with_the_nano_model(sink, tmp_path):
     """`moss-edge demo --mic`: the generated clip, then the default microphone (here the null
     sink's monitor) hears commands played into it, and the nano model writes them down."""
+    from edge_runtime import speech
     from edge_runtime.bundle import load_bundle
-    from export.nano import corpus
+    from moss_audio_edge.export.nano import corpus
 
     voice = corpus.Voice("en-us", corpus.split_variants().held_out_variants[2], corpus.HELD_OUT_SPEEDS[2], 60)
     texts = ["call my sister", "dial four two seven one", "open the garage door"]
     utterances = [corpus.Utterance(t, voice, corpus.to_int16(corpus.synthesize(t, voice))) for t in texts]
-    clip = corpus.place(utterances, [0.5, 2.8, 5.6], tail_s=1.0)
+    clip = speech.place(utterances, [0.5, 2.8, 5.6], tail_s=1.0)
     wav = tmp_path / "commands.wav"
     soundfile.write(wav, clip.audio, 16000)
     demo = subprocess.Popen([str(MOSS_EDGE), "demo", "--cache-dir", str(tmp_path), "--mic", "14", "--threads", "1"],

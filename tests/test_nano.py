@@ -10,21 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_runtime import speech
 from edge_runtime.bundle import EMBEDDED_BUNDLES, bundle_path, load_bundle
+from edge_runtime.cli.demo import DEMO_SENTENCES
 from edge_runtime.encoder import split_chunks
 from edge_runtime.features import log_mel_spectrogram
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS
 from edge_runtime.timestamps import Segment
 from edge_runtime.transcribe import MossAudio
-from export.checkpoint import Checkpoint
-from export.demo import DEMO_SENTENCES
-from export.nano import corpus
-from export.nano.quality import boundary_errors, evaluate, inside_and_ordered, match_sentences
-from export.nano.release import SHIPPED_RECIPE, build_float_bundle
-from export.nano.train import NANO_CONFIG
-from export.nano.weights import WEIGHTS_FILE
-from export.synthetic_checkpoint import PUBLISHED_4B_CONFIG
-from quantize.bundle_quant import quantize_bundle
+from moss_audio_edge.export.checkpoint import Checkpoint
+from moss_audio_edge.export.nano import corpus
+from moss_audio_edge.export.nano.quality import boundary_errors, evaluate, inside_and_ordered, match_sentences
+from moss_audio_edge.export.nano.release import SHIPPED_RECIPE, build_float_bundle
+from moss_audio_edge.export.nano.train import NANO_CONFIG
+from moss_audio_edge.export.nano.weights import WEIGHTS_FILE
+from moss_audio_edge.export.checkpoint_writer import PUBLISHED_4B_CONFIG
+from moss_audio_edge.quantize.bundle_quant import quantize_bundle
 
 from cli_helpers import moss_edge
 from stream_helpers import offline_choice_gaps, run_session
@@ -80,7 +81,7 @@ def test_embedded_bundle_is_small_and_carries_its_model_card():
 
 
 def test_checkpoint_is_the_published_layout_only_smaller(float_bundle: Path):
-    checkpoint = Checkpoint(float_bundle.parent / "checkpoint")  # validated against SPEC §2 on read
+    checkpoint = Checkpoint(float_bundle.parent / "checkpoint")  # validated against docs/format.md#checkpoint on read
     cfg = checkpoint.config
     assert cfg.language.vocab_size == PUBLISHED_4B_CONFIG["vocab_size"] == 151936
     written = json.loads((float_bundle.parent / "checkpoint" / "config.json").read_text())
@@ -135,17 +136,17 @@ def spoken_run() -> corpus.Clip:
     for u in utterances:
         starts.append(t)
         t += len(u.audio) / SR + 0.3
-    return corpus.place(utterances, starts, tail_s=1.5)
+    return speech.place(utterances, starts, tail_s=1.5)
 
 
 def test_a_chunks_rows_do_not_depend_on_the_chunks_encoded_with_it(shipped: MossAudio, clips):
     """The shipped int8 encoder quantizes activations with one scale per ONNX run: were
     chunks batched, a streamed chunk (encoded alone) would get other rows than offline."""
     clip = max(clips, key=lambda c: len(c.audio))
-    batch, lengths = split_chunks(log_mel_spectrogram(clip.audio), shipped.encoder.audio.chunk_frames)
+    batch, lengths = split_chunks(log_mel_spectrogram(clip.audio), shipped.engine.encoder.audio.chunk_frames)
     assert len(batch) >= 3
-    together = shipped.encoder.encode_chunks(batch, lengths)
-    alone = [shipped.encoder.encode_chunks(batch[i:i + 1], lengths[i:i + 1])[0] for i in range(len(batch))]
+    together = shipped.engine.encoder.encode_chunks(batch, lengths)
+    alone = [shipped.engine.encoder.encode_chunks(batch[i:i + 1], lengths[i:i + 1])[0] for i in range(len(batch))]
     assert all(np.array_equal(a, b) for a, b in zip(together, alone))
 
 
@@ -177,7 +178,7 @@ def test_word_error_rate_and_timestamp_matching():
     assert corpus.words("Call my sister. Dial, four!") == ["call", "my", "sister", "dial", "four"]
     audio = np.zeros(SR, dtype=np.float32)
     audio[4000:8000] = 0.5
-    trimmed = corpus.trim_silence(audio)
+    trimmed = speech.trim_silence(audio)
     assert len(trimmed) == 4000
 
 

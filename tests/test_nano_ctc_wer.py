@@ -14,9 +14,9 @@ from nano_ctc_wer import greedy_ctc_words  # noqa: E402
 from nano_quality import EVAL_SEED  # noqa: E402
 
 from edge_runtime import features  # noqa: E402
-from export.nano.corpus import held_out_clips  # noqa: E402
-from export.nano.train import CHUNK_FRAMES, Trainer  # noqa: E402
-from export.reference import downsampled_lengths  # noqa: E402
+from moss_audio_edge.export.nano.corpus import held_out_clips  # noqa: E402
+from moss_audio_edge.export.nano.train import CHUNK_FRAMES, Trainer  # noqa: E402
+from moss_audio_edge.export.checkpoint import downsampled_length  # noqa: E402
 
 
 def test_greedy_decoding_merges_repeats_and_drops_blanks_over_all_rows(tmp_path: Path):
@@ -24,7 +24,7 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks_over_all_rows(tmp_path:
     clip = next(c for c in held_out_clips(4, EVAL_SEED, max_seconds=12.0) if len(c.audio) > 1.5 * 16000 * 4)
     frames = len(clip.audio) // features.HOP_LENGTH
     pieces = [CHUNK_FRAMES] * (frames // CHUNK_FRAMES) + ([frames % CHUNK_FRAMES] if frames % CHUNK_FRAMES else [])
-    rows = int(downsampled_lengths(torch.tensor(pieces)).sum())
+    rows = int(downsampled_length(torch.tensor(pieces)).sum())
     blank = trainer.ctc_blank
     # rows in runs of three: first word, second word, blank, first word again, ...
     classes = [(0, 1, blank)[(i // 3) % 3] for i in range(rows)]

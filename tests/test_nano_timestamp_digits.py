@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from nano_quality import EVAL_SEED  # noqa: E402
 from nano_timestamp_digits import circular_digit_distance, score_weights, token_boundaries, token_roles  # noqa: E402
 
-from export.nano.corpus import held_out_clips  # noqa: E402
-from export.nano.weights import WEIGHTS_FILE  # noqa: E402
+from moss_audio_edge.export.nano.corpus import held_out_clips  # noqa: E402
+from moss_audio_edge.export.nano.weights import WEIGHTS_FILE  # noqa: E402
 
 
 def test_digits_are_placed_by_the_point_and_the_brackets():

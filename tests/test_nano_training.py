@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from export.checkpoint import Checkpoint
-from export.nano import corpus
-from export.nano.train import (IM_END, JOINT_ENCODER_LR_SCALE, LENGTH_GROUP_SIZE, NANO_CONFIG, Trainer, boundary_rows, main,
+from moss_audio_edge.export.checkpoint import Checkpoint
+from moss_audio_edge.export.nano import corpus
+from moss_audio_edge.export.nano.train import (IM_END, JOINT_ENCODER_LR_SCALE, LENGTH_GROUP_SIZE, NANO_CONFIG, Trainer, boundary_rows, main,
                               torch_log_mel)
-from export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
-from export.reference import MossAudioReference, downsampled_lengths, sinusoid_positions
+from moss_audio_edge.export.nano.weights import WEIGHTS_FILE, save_compact, write_nano_checkpoint
+from moss_audio_edge.export.checkpoint import downsampled_length
+from moss_audio_edge.export.reference import MossAudioReference, sinusoid_positions
 
 ARGS = ["--encoder-steps", "2", "--steps", "3", "--batch-size", "2", "--voices", "3", "--sentences-per-voice", "4", "--log-every", "1",
         "--threads", "2"]
@@ -117,7 +118,7 @@ def test_compact_loss_is_the_full_vocabulary_cross_entropy(tmp_path: Path):
     full_labels = torch.where(batch.labels == -100, -100, torch.tensor(trainer.vocab.ids)[batch.labels.clamp_min(0)])
     with torch.no_grad():
         rows = full.audio_rows(batch.chunks, batch.lengths)
-        valid = [int(v) for v in downsampled_lengths(batch.lengths)]
+        valid = [int(v) for v in downsampled_length(batch.lengths)]
         rows = torch.cat([rows[i, :v] for i, v in enumerate(valid)])
         hidden = full.hidden_states(full_ids, rows)
         logits = hidden[:, :-1] @ full.output_weight().T  # all 151936 ids
@@ -134,7 +135,7 @@ def test_rows_are_taught_their_index_in_their_chunk(tmp_path: Path):
         _, _, position, _ = trainer.loss(batch)
         rows = trainer.model.audio_rows(batch.chunks, batch.lengths)[..., : NANO_CONFIG["language_config"]["hidden_size"]]
         per_chunk, counted_on = [], []  # counted_on: numbered through the batch instead
-        for chunk, valid in zip(rows, downsampled_lengths(batch.lengths).tolist()):
+        for chunk, valid in zip(rows, downsampled_length(batch.lengths).tolist()):
             log_p = trainer.position_head(chunk[:valid]).log_softmax(-1)
             per_chunk += [-log_p[i, i] for i in range(valid)]
             counted_on += [-log_p[i, min(len(counted_on) + i, log_p.shape[1] - 1)] for i in range(valid)]

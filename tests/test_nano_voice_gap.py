@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from nano_voice_gap import breakdown  # noqa: E402
 
-from export.nano import corpus  # noqa: E402
-from export.nano.quality import ClipScore  # noqa: E402
+from moss_audio_edge.export.nano import corpus  # noqa: E402
+from moss_audio_edge.export.nano.quality import ClipScore  # noqa: E402
 
 
 def test_clips_in_training_voices_use_only_training_variants_and_speeds():

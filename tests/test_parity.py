@@ -17,10 +17,10 @@ from transformers import AutoTokenizer
 import edge_runtime.llm as runtime_llm
 from edge_runtime.features import log_mel_spectrogram
 from edge_runtime.prompt import TRANSCRIBE, build_prompt, flat_ids
-from edge_runtime.transcribe import MossAudio, evaluate_prompt
-from export.bundle_export import export_bundle
-from export.checkpoint import Checkpoint
-from export.reference import MossAudioReference, prompt_ids
+from edge_runtime.transcribe import MossAudio
+from moss_audio_edge.export.bundle_export import export_bundle
+from moss_audio_edge.export.checkpoint import Checkpoint
+from moss_audio_edge.export.reference import MossAudioReference, prompt_ids
 
 ROWS_TOLERANCE = 1e-4
 LOGITS_TOLERANCE = 1e-2
@@ -42,7 +42,7 @@ class Case:
         # arithmetic, so any mapping mistake stands out; the defaults are checked below
         self.runtime = MossAudio(bundle_dir, threads=2, n_ctx=1024, kv_type="f32", flash_attention="off")
         self.mel = log_mel_spectrogram(speech)
-        self.rows = self.runtime.encoder.encode(self.mel)
+        self.rows = self.runtime.engine.encoder.encode(self.mel)
         with torch.no_grad():
             self.reference_rows = self.reference.encode_audio(torch.from_numpy(self.mel))
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
@@ -54,13 +54,13 @@ class Case:
             torch.tensor(self.reference_ids), self.reference_rows).numpy()
 
     def pieces(self):
-        return build_prompt(self.runtime.manifest, self.runtime.llm.tokenize, len(self.rows), TRANSCRIBE)
+        return build_prompt(self.runtime.manifest, self.runtime.engine.tokenize, len(self.rows), TRANSCRIBE)
+
+    def runtime_start(self, rows: np.ndarray | None = None, pieces=None):
+        return self.runtime.engine.start(pieces or self.pieces(), self.rows if rows is None else rows)
 
     def runtime_logits(self, rows: np.ndarray | None = None, pieces=None) -> np.ndarray:
-        llm = self.runtime.llm
-        llm.reset()
-        evaluate_prompt(llm, pieces or self.pieces(), self.rows if rows is None else rows)
-        return llm.last_logits()
+        return self.runtime_start(rows, pieces).logits()
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,7 @@ def test_default_settings_and_f16_gguf_stay_within_tolerance(case: Case, tiny_na
                                llm_type="F16", log=lambda _: None)
     for bundle in (case.runtime.bundle.directory, f16_bundle):
         model = MossAudio(bundle, threads=2, n_ctx=1024)
-        evaluate_prompt(model.llm, case.pieces(), case.rows)
-        error = rel_error(model.llm.last_logits(), case.reference_logits)
+        error = rel_error(model.engine.start(case.pieces(), case.rows).logits(), case.reference_logits)
         print(f"{model.manifest.llm.dtype} GGUF, default settings: logits relative error {error:.2e}")
         assert error <= LOGITS_TOLERANCE
 
@@ -109,8 +108,7 @@ def test_greedy_tokens_identical_with_meaningful_margins(case: Case):
     stop = case.runtime.manifest.tokens.stop
     want, margins = case.reference.greedy(torch.tensor(case.reference_ids), case.reference_rows,
                                           GREEDY_TOKENS, stop)
-    case.runtime_logits()
-    got = list(runtime_llm.generate(case.runtime.llm, GREEDY_TOKENS, stop))
+    got = list(case.runtime_start().decode(GREEDY_TOKENS, stop))
     logit_error = np.abs(case.runtime_logits() - case.reference_logits).max()
     print(f"greedy: {len(want)} tokens, {len(set(want))} distinct; top-1/top-2 margins "
           f"min {min(margins):.4f} median {np.median(margins):.4f}; max |logit error| {logit_error:.2e}")
@@ -133,7 +131,7 @@ def test_misplaced_time_marker_breaks_parity(case: Case):
     manifest = case.runtime.manifest
     shifted = dataclasses.replace(manifest.time_markers, every_tokens=manifest.time_markers.every_tokens - 1)
     wrong_manifest = dataclasses.replace(manifest, time_markers=shifted)
-    pieces = build_prompt(wrong_manifest, case.runtime.llm.tokenize, len(case.rows), TRANSCRIBE)
+    pieces = build_prompt(wrong_manifest, case.runtime.engine.tokenize, len(case.rows), TRANSCRIBE)
     assert flat_ids(pieces, case.audio_ids[0]) != case.reference_ids
     assert rel_error(case.runtime_logits(pieces=pieces), case.reference_logits) > LOGITS_TOLERANCE
 

@@ -19,19 +19,20 @@ import numpy as np
 import onnx
 import pytest
 
-import quantize.bundle_quant as bundle_quant
+import moss_audio_edge.quantize.bundle_quant as bundle_quant
 from edge_runtime.bundle import Bundle, BundleError, load_bundle
 from edge_runtime.cli import build_parser, main
+from edge_runtime.errors import InputError
 from edge_runtime.features import SAMPLE_RATE
-from edge_runtime.llm import generate
-from edge_runtime.prompt import build_prompt
-from edge_runtime.transcribe import MossAudio, evaluate_prompt
-from export.bundle_export import export_bundle
-from export.synthetic_checkpoint import config_with, write_random_checkpoint
-from quantize.bundle_quant import quantize_bundle
-from quantize.fidelity import CONTINUATION_TOKENS, probe_signals
-from quantize.gguf_quant import EMBEDDING_TYPES
-from quantize.presets import ENCODER_TYPES, INT8_LAYOUTS, LLM_TYPES, PRESETS, resolve
+from edge_runtime.transcribe import MossAudio
+from moss_audio_edge.export.bundle_export import export_bundle
+from moss_audio_edge.export.checkpoint_writer import config_with
+from moss_audio_edge.quantize.bundle_quant import quantize_bundle
+from moss_audio_edge.quantize.fidelity import CONTINUATION_TOKENS, probe_signals
+from moss_audio_edge.quantize.gguf_quant import EMBEDDING_TYPES
+from moss_audio_edge.quantize.onnx_quant import quantize_encoder, weight_matmuls
+from moss_audio_edge.quantize.presets import ENCODER_TYPES, INT8_LAYOUTS, LLM_TYPES, PRESETS, resolve
+from tests.fixtures.checkpoints import write_random_checkpoint
 
 THREADS = 2
 # Every encoder type and every LLM type, six bundles in all (a full product would be 24).
@@ -83,7 +84,7 @@ def test_every_choice_loads_and_generates(quantized, combination, speech: np.nda
     assert (m.encoder.dtype, m.llm.dtype) == combination
     assert (m.quantization["encoder"], m.quantization["llm"]) == combination
     model = MossAudio(out, threads=THREADS, n_ctx=512)
-    result = model.generate(speech[: 5 * SAMPLE_RATE], "Transcribe the audio.", max_new_tokens=6)
+    result = model.generate(speech[: 5 * SAMPLE_RATE], "Transcribe the audio.", max_tokens=6)
     assert result.audio_tokens == 63 and len(result.token_ids) >= 1
     assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", m.encoder.path, m.llm.path,
                                                             *m.encoder.extra_files])
@@ -119,6 +120,36 @@ def test_quantized_matrices_shrink(quantized, source: Path, combination):
     assert recipe["matrices_fp32_bytes"] / recipe["matrices_quantized_bytes"] == pytest.approx(ratio)
 
 
+@pytest.mark.parametrize("layout", list(INT8_LAYOUTS))
+def test_int8_recipe_through_optimum(source: Path, tmp_path: Path, layout: str):
+    """optimum's preset for each layout, held to the measured recipe: every MatMul with a
+    constant weight becomes MatMulInteger on u8 activations quantized at run time and s8
+    symmetric per-output-channel weights, 7-bit on avx2; attention-score MatMuls and the stem
+    Convs stay float, and nothing of optimum's (ort_config.json) lands in the bundle."""
+    spec = INT8_LAYOUTS[layout]
+    before = onnx.load(str(source / "encoder.onnx"))
+    recipe = quantize_encoder(source, ["encoder.onnx"], tmp_path, "int8", spec).recipe
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder.onnx"]
+    assert spec.optimum_preset in recipe["quantizer"] and recipe["reduce_range"] == spec.reduce_range
+    after = onnx.load(str(tmp_path / "encoder.onnx"))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in after.graph.initializer}
+    producer = {out: node for node in after.graph.node for out in node.output}
+    integer = [n for n in after.graph.node if n.op_type == "MatMulInteger"]
+    assert len(integer) == len(weight_matmuls(before)) > 0
+    limit = 64 if spec.reduce_range else 127
+    for node in integer:
+        activation, weight, _, weight_zero = node.input
+        assert producer[activation].op_type == "DynamicQuantizeLinear"  # u8, scaled per run
+        w = weights[weight]
+        assert w.dtype == np.int8 and weights[weight_zero].shape == (w.shape[1],)
+        assert not weights[weight_zero].any()  # symmetric
+        assert (np.abs(w).max(axis=0) == limit).all()  # each output channel scaled to its own range
+    float_matmuls = {n.name for n in before.graph.node if n.op_type == "MatMul"} - weight_matmuls(before).keys()
+    assert {n.name for n in after.graph.node if n.op_type == "MatMul"} == float_matmuls
+    convs = [n for n in before.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3 and [n for n in after.graph.node if "Conv" in n.op_type] == convs
+
+
 def test_llm_types_recorded_as_read_back(quantized):
     for out in (quantized[("int8", "Q4_K_M")], quantized[("int8", "Q6_K")]):  # both fell back
         recipe = load_bundle(out).manifest.quantization["llm_recipe"]
@@ -137,11 +168,8 @@ def open_for_fidelity(path: Path) -> MossAudio:
 
 def forced_logits(model: MossAudio, rows: np.ndarray, instruction: str, continuation: list[int]) -> np.ndarray:
     """The next-token logits before each continuation token, in one fresh prefill."""
-    llm = model.llm
-    llm.reset()
-    evaluate_prompt(llm, build_prompt(model.manifest, llm.tokenize, len(rows), instruction), rows)
-    first = llm.last_logits()
-    return np.vstack([first, llm.eval_tokens(continuation[:-1], all_logits=True)])
+    sequence = model.prefill(rows, instruction)
+    return np.vstack([sequence.logits(), sequence.eval_tokens(continuation[:-1], all_logits=True)])
 
 
 def softmax64(x: np.ndarray) -> np.ndarray:
@@ -156,7 +184,7 @@ def test_report_numbers_are_what_the_bundles_give(quantized, source: Path, combi
     probes = probe_signals()
     assert sorted(report["encoder"]) == sorted(p.name for p in probes) and "speech" in report["encoder"]
     for probe in probes:
-        a, b = ref.encode(probe.samples), got.encode(probe.samples)
+        a, b = ref.engine.encode(probe.samples), got.engine.encode(probe.samples)
         cosines = np.sum(a * b, axis=1) / np.sqrt(np.sum(a * a, axis=1) * np.sum(b * b, axis=1))
         stated = report["encoder"][probe.name]
         assert stated["cosine_mean"] == pytest.approx(cosines.mean(), rel=1e-5)
@@ -164,9 +192,7 @@ def test_report_numbers_are_what_the_bundles_give(quantized, source: Path, combi
         assert stated["rel_error"] == pytest.approx(np.sqrt(np.sum((a - b) ** 2) / np.sum(a * a)), rel=1e-4)
         if probe.instruction is None:
             continue
-        ref.llm.reset()
-        evaluate_prompt(ref.llm, build_prompt(ref.manifest, ref.llm.tokenize, len(a), probe.instruction), a)
-        continuation = list(generate(ref.llm, CONTINUATION_TOKENS, stop_ids=()))
+        continuation = list(ref.prefill(a, probe.instruction).decode(CONTINUATION_TOKENS, stop_ids=()))
         p = softmax64(forced_logits(ref, a, probe.instruction, continuation))
         for part, rows in (("llm", a), ("end_to_end", b)):
             q = softmax64(forced_logits(got, rows, probe.instruction, continuation))
@@ -211,7 +237,7 @@ def test_q4_k_m_on_256_wide_rows_uses_k_quants(tmp_path: Path, speech: np.ndarra
     types = load_bundle(out).manifest.quantization["llm_recipe"]["tensor_types"]
     assert types.get("Q4_K", 0) > 0 and types.get("Q6_K", 0) > 0  # llama.cpp's Q4_K_M mix
     result = MossAudio(out, threads=THREADS, n_ctx=512).generate(speech[: 4 * SAMPLE_RATE], "Transcribe the audio.",
-                                                                 max_new_tokens=4)
+                                                                 max_tokens=4)
     assert len(result.token_ids) >= 1
 
 
@@ -222,7 +248,7 @@ def test_token_embedding_type_overrides_the_preset(source: Path, tmp_path: Path,
     recipe = load_bundle(out).manifest.quantization["llm_recipe"]
     assert recipe["token_embd"] == "Q4_0" and recipe["tensor_types"]["Q8_0"] > 0
     result = MossAudio(out, threads=THREADS, n_ctx=512).generate(speech[: 4 * SAMPLE_RATE], "Transcribe the audio.",
-                                                                 max_new_tokens=4)
+                                                                 max_tokens=4)
     assert len(result.token_ids) >= 1
     with pytest.raises(ValueError, match="token embedding type"):
         quantize_bundle(source, tmp_path / "bad", encoder="fp32", llm="Q8_0", embedding_type="Q2_K", log=quiet)
@@ -244,7 +270,7 @@ def test_interrupted_run_leaves_nothing(source: Path, tmp_path: Path, monkeypatc
 def test_refuses_a_quantized_input_and_an_output_inside_the_input(quantized, source: Path, tmp_path: Path):
     with pytest.raises(BundleError, match="float bundle"):
         quantize_bundle(quantized[("int8", "Q6_K")], tmp_path / "again", log=quiet)
-    with pytest.raises(FileExistsError, match="inside the input bundle"):
+    with pytest.raises(InputError, match="inside the input bundle"):
         quantize_bundle(source, source / "q", log=quiet)
     assert not (source / "q").exists() and not list(tmp_path.iterdir())
 
@@ -253,7 +279,7 @@ def test_presets_and_overrides():
     assert resolve("pi5").runtime() == {"device": "cpu", "threads": 4, "gpu_layers": None}
     custom = resolve("jetson", llm="Q8_0", threads=4)
     assert (custom.encoder, custom.llm, custom.threads, custom.device) == ("fp16", "Q8_0", 4, "cuda")
-    assert INT8_LAYOUTS[resolve("x86").int8_layout] is True  # 7-bit weights: safe on AVX2
+    assert INT8_LAYOUTS[resolve("x86").int8_layout].reduce_range is True  # 7-bit weights: safe on AVX2
     with pytest.raises(ValueError, match="unknown target"):
         resolve("pi4")
     with pytest.raises(ValueError, match="device"):
@@ -280,10 +306,10 @@ def test_cli_target_preset_and_runtime_commands(source: Path, tmp_path: Path, sp
     assert m.quantization["encoder_recipe"]["layout"] == "arm64"
     assert main(["info", str(out), "--verify"]) == 0
     assert json.loads(capsys.readouterr().out)["quantization"]["target"] == "pi5"
-    assert main(["run", str(out), "--audio", str(speech_wav), "--max-new-tokens", "3", "--json",
+    assert main(["run", str(out), "--audio", str(speech_wav), "--max-tokens", "3", "--json",
                  "--threads", str(THREADS)]) == 0
     assert len(json.loads(capsys.readouterr().out)["token_ids"]) >= 1
-    assert main(["transcribe", str(out), str(speech_wav), "--timestamps", "none", "--max-new-tokens", "3",
+    assert main(["transcribe", str(out), str(speech_wav), "--timestamps", "none", "--max-tokens", "3",
                  "--threads", str(THREADS), "--quiet"]) == 0
 
 

@@ -25,6 +25,7 @@ import pytest
 from cli_helpers import MOSS_EDGE
 from fake_generation import script_outputs
 
+from edge_runtime.engine import Sequence
 from edge_runtime.server import ServerConfig, make_server
 from edge_runtime.transcribe import MossAudio
 
@@ -178,6 +179,20 @@ def test_corrupt_audio(client, url, wav):
     assert_healthy(url, client, wav)
 
 
+@pytest.mark.parametrize("bug", [RuntimeError("a bug"), ValueError("a bug that happens to be a ValueError")])
+def test_a_bug_is_a_500_with_its_traceback_logged_and_the_server_keeps_serving(url, client, wav, model, bug,
+                                                                                monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise bug
+    monkeypatch.setattr(model, "ask_stream", broken)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="moss-tiny", messages=audio_message(wav), max_tokens=2)
+    assert err.value.status_code == 500 and err.value.body["type"] == "server_error"
+    assert any(r.name == "moss_edge" and r.exc_info and r.exc_info[1] is bug for r in caplog.records)
+    monkeypatch.undo()
+    assert_healthy(url, client, wav)
+
+
 @pytest.mark.parametrize("options", [
     {"response_format": "xml"},
     {"timestamp_granularities": ["sentence"]},
@@ -254,10 +269,10 @@ def wait_for(condition, seconds: float = 30) -> None:
 def test_full_queue_gets_429_and_then_everything_completes(model, wav, monkeypatch):
     release = threading.Event()
 
-    def blocked(max_new_tokens, *args, **kwargs):
+    def blocked(sequence, max_tokens, *args, **kwargs):
         release.wait(30)
-        yield from model.llm.tokenize("done")
-    monkeypatch.setattr(model, "stream_tokens", blocked)
+        yield from model.engine.tokenize("done")
+    monkeypatch.setattr(Sequence, "decode", blocked)
     with running(model, max_queue=1) as (url, app):
         results: list[int] = []
         first = chat_in_thread(url, wav, results)
@@ -276,10 +291,10 @@ def test_full_queue_gets_429_and_then_everything_completes(model, wav, monkeypat
 
 
 def test_timeouts_give_504_running_and_503_queued_and_the_server_recovers(model, wav, monkeypatch):
-    def stuck(max_new_tokens, *args, **kwargs):
+    def stuck(sequence, max_tokens, *args, **kwargs):
         time.sleep(2.5)  # a long step: the worker can only notice the cancel after it
-        yield from model.llm.tokenize("late")
-    monkeypatch.setattr(model, "stream_tokens", stuck)
+        yield from model.engine.tokenize("late")
+    monkeypatch.setattr(Sequence, "decode", stuck)
     with running(model, timeout_s=1.0) as (url, app):
         results: list[int] = []
         running_one = chat_in_thread(url, wav, results)
@@ -295,11 +310,11 @@ def test_timeouts_give_504_running_and_503_queued_and_the_server_recovers(model,
 
 
 def test_a_client_leaving_a_stream_stops_its_job(model, wav, monkeypatch):
-    def slow(max_new_tokens, *args, **kwargs):
-        for token in model.llm.tokenize(" word" * 200)[:max_new_tokens]:
+    def slow(sequence, max_tokens, *args, **kwargs):
+        for token in model.engine.tokenize(" word" * 200)[:max_tokens]:
             time.sleep(0.05)
             yield token
-    monkeypatch.setattr(model, "stream_tokens", slow)
+    monkeypatch.setattr(Sequence, "decode", slow)
     with running(model) as (url, app):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
         stream = client.chat.completions.create(model="m", messages=audio_message(wav), max_tokens=200, stream=True)

@@ -12,7 +12,6 @@ from edge_runtime.audio import resample
 from edge_runtime.capture import StreamResampler, array_blocks
 from edge_runtime.features import LogMelStream, log_mel_spectrogram
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, TRANSCRIBE
-from edge_runtime.stream import StreamConfig
 from edge_runtime.transcribe import MossAudio
 from edge_runtime.vad import VoiceActivity
 
@@ -101,7 +100,7 @@ def test_final_text_equals_offline_text_of_each_window(model, stream_audio, stre
         assert len(tokens) == BUDGET
         assert tokens == offline_tokens(model, stream_audio[start:end], TRANSCRIBE, BUDGET)
     finals = [e for _, e in events if e.type == "final"]
-    assert [e.text for e in finals] == [model.llm.detokenize(t).strip() for _, _, t in session.closed_windows]
+    assert [e.text for e in finals] == [model.engine.detokenize(t).strip() for _, _, t in session.closed_windows]
 
 
 def test_partials_arrive_before_the_utterance_ends(streamed, speech):
@@ -147,15 +146,14 @@ def test_window_rolls_over_at_the_length_limit(model, speech):
 
 
 def test_all_logits_equal_one_token_at_a_time(model):
-    ids = model.llm.tokenize("Hello there, how are you today? 12345")
-    model.llm.reset()
-    batch = model.llm.eval_tokens(ids, all_logits=True)
-    model.llm.reset()
+    ids = model.engine.tokenize("Hello there, how are you today? 12345")
+    batch = model.engine.start().eval_tokens(ids, all_logits=True)
+    sequence = model.engine.start()
     single = []
     for token in ids:
-        model.llm.eval_tokens([token])
-        single.append(model.llm.last_logits())
-    assert batch.shape == (len(ids), model.llm.n_vocab)
+        sequence.eval_tokens([token])
+        single.append(sequence.logits())
+    assert batch.shape == (len(ids), model.engine.n_vocab)
     assert np.abs(batch - np.stack(single)).max() <= 1e-3 * np.abs(batch).max()
     assert (batch.argmax(1) == np.stack(single).argmax(1)).all()
 
@@ -178,7 +176,7 @@ def test_dropped_input_and_lag_become_status_events(model):
     now = clock.monotonic()
     blocks = [Block(np.zeros(1600, np.float32), now, dropped_samples=3200),
               Block(np.zeros(1600, np.float32), now - 5.0, xrun=True)]
-    events = [e.to_dict() for e in stream_events(model, blocks, StreamConfig(timestamps="none"))]
+    events = [e.to_dict() for e in stream_events(blocks, model.stream_session(timestamps="none"))]
     assert {"type": "status", "dropped_s": 0.2, "xrun": False} in events
     assert any(e.get("xrun") for e in events)
     assert any(e.get("readouts") == "skipped" and e["lag_s"] >= 5.0 for e in events)

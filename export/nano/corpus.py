@@ -8,9 +8,7 @@ group and a held-out group; evaluation uses only held-out ones.
 """
 from __future__ import annotations
 
-import io
 import random
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,11 +16,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import soundfile as sf
 
-from edge_runtime.audio import resample
-
-SAMPLE_RATE = 16000
+from edge_runtime.features import SAMPLE_RATE
+from edge_runtime.speech import Clip, Sentence, Utterance, Voice, espeak_binary, synthesize, to_int16
+from edge_runtime.staging import atomic_path
 
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
            "en-029", "en-us-nyc")
@@ -68,7 +65,7 @@ def random_sentence(rng: random.Random) -> str:
 
 def espeak_variants() -> list[str]:
     """Human voice variants this espeak-ng installation offers, sorted."""
-    listing = subprocess.run([_espeak(), "--voices=variant"], check=True, capture_output=True,
+    listing = subprocess.run([espeak_binary(), "--voices=variant"], check=True, capture_output=True,
                              text=True).stdout.splitlines()[1:]
     names = {line.split(None, 4)[4].split()[0].removeprefix("!v/") for line in listing if line.strip()}
     files = {p.name for p in _variant_dir().iterdir()} if _variant_dir() else names
@@ -83,13 +80,6 @@ def _variant_dir() -> Path | None:
     return None
 
 
-def _espeak() -> str:
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise RuntimeError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
-    return binary
-
-
 @dataclass(frozen=True)
 class VoiceSplit:
     train_variants: tuple[str, ...]
@@ -102,43 +92,8 @@ def split_variants(seed: int = 0) -> VoiceSplit:
     return VoiceSplit(tuple(v for v in variants if v not in held), tuple(v for v in variants if v in held))
 
 
-@dataclass(frozen=True)
-class Voice:
-    accent: str
-    variant: str
-    speed: int
-    pitch: int
-
-    def args(self) -> list[str]:
-        return ["-v", f"{self.accent}+{self.variant}", "-s", str(self.speed), "-p", str(self.pitch)]
-
-
 def random_voice(rng: random.Random, variants: Sequence[str], speeds: Sequence[int]) -> Voice:
     return Voice(rng.choice(ACCENTS), rng.choice(variants), rng.choice(speeds), rng.randint(15, 85))
-
-
-def trim_silence(audio: np.ndarray, floor_db: float = -40.0) -> np.ndarray:
-    """The audible span: 10 ms frames within `floor_db` of the loudest frame."""
-    frames = len(audio) // 160
-    if frames == 0:
-        return audio
-    rms = np.sqrt((audio[: frames * 160].reshape(frames, 160).astype(np.float64) ** 2).mean(axis=1) + 1e-20)
-    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
-    return audio[loud[0] * 160: (loud[-1] + 1) * 160]
-
-
-def synthesize(text: str, voice: Voice) -> np.ndarray:
-    """`text` spoken by espeak-ng, 16 kHz float32, trimmed to its audible span."""
-    wav = subprocess.run([_espeak(), *voice.args(), "--stdout", text], check=True, capture_output=True).stdout
-    audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
-    return trim_silence(resample(audio, rate, SAMPLE_RATE).astype(np.float32))
-
-
-@dataclass
-class Utterance:
-    text: str
-    voice: Voice
-    audio: np.ndarray  # int16, 16 kHz, trimmed
 
 
 def build_bank(n_voices: int, sentences_per_voice: int, variants: Sequence[str], speeds: Sequence[int],
@@ -156,10 +111,6 @@ def build_bank(n_voices: int, sentences_per_voice: int, variants: Sequence[str],
     return [[Utterance(text, voice, to_int16(next(it))) for text, voice in group] for group in jobs]
 
 
-def to_int16(audio: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
-
-
 def save_bank(bank: list[list[Utterance]], path: Path) -> None:
     texts, voices, lengths, owners = [], [], [], []
     for i, group in enumerate(bank):
@@ -169,10 +120,9 @@ def save_bank(bank: list[list[Utterance]], path: Path) -> None:
             lengths.append(len(u.audio))
             owners.append(i)
     audio = np.concatenate([u.audio for group in bank for u in group])
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, audio=audio, lengths=np.array(lengths), owners=np.array(owners),
-             texts=np.array(texts), voices=np.array(voices))
-    tmp.rename(path)
+    with atomic_path(path) as partial, partial.open("wb") as f:
+        np.savez(f, audio=audio, lengths=np.array(lengths), owners=np.array(owners),
+                 texts=np.array(texts), voices=np.array(voices))
 
 
 def load_bank(path: Path) -> list[list[Utterance]]:
@@ -186,40 +136,6 @@ def load_bank(path: Path) -> list[list[Utterance]]:
         bank[int(owner)].append(Utterance(str(text), Voice(accent, variant, int(speed), int(pitch)),
                                           audio[offsets[i]:offsets[i + 1]]))
     return bank
-
-
-@dataclass
-class Sentence:
-    start: float
-    end: float
-    text: str
-
-
-@dataclass
-class Clip:
-    audio: np.ndarray  # float32, 16 kHz
-    sentences: list[Sentence]
-    voice: Voice
-
-    @property
-    def transcript(self) -> str:
-        return " ".join(f"{s.text[0].upper()}{s.text[1:]}." for s in self.sentences)
-
-    @property
-    def timestamped(self) -> str:
-        return "".join(f"[{s.start:.2f}]{s.text}[{s.end:.2f}]" for s in self.sentences)
-
-
-def place(utterances: Sequence[Utterance], starts: Sequence[float], tail_s: float = 0.5) -> Clip:
-    """Utterances at fixed start times (seconds), silence elsewhere."""
-    ends = [start + len(u.audio) / SAMPLE_RATE for start, u in zip(starts, utterances)]
-    audio = np.zeros(int((ends[-1] + tail_s) * SAMPLE_RATE), dtype=np.float32)
-    sentences = []
-    for start, end, u in zip(starts, ends, utterances):
-        first = int(round(start * SAMPLE_RATE))
-        audio[first:first + len(u.audio)] = u.audio.astype(np.float32) / 32768.0
-        sentences.append(Sentence(first / SAMPLE_RATE, (first + len(u.audio)) / SAMPLE_RATE, u.text))
-    return Clip(audio, sentences, utterances[0].voice)
 
 
 def compose_clip(utterances: Sequence[Utterance], rng: np.random.Generator, max_seconds: float,
@@ -238,8 +154,6 @@ def compose_clip(utterances: Sequence[Utterance], rng: np.random.Generator, max_
         length = len(u.audio)
         tail = int(rng.uniform(0.1, 1.0) * SAMPLE_RATE)
         if sentences and (cursor + length + tail) / SAMPLE_RATE > target:
-            break
-        if sentences and (cursor + length + tail) / SAMPLE_RATE > max_seconds:
             break  # (the first sentence always goes in: one utterance may outlast a short limit)
         pieces.append(u.audio.astype(np.float32) / 32768.0)
         sentences.append(Sentence(cursor / SAMPLE_RATE, (cursor + length) / SAMPLE_RATE, u.text))

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from edge_runtime.features import SAMPLE_RATE
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, TRANSCRIBE
+from edge_runtime.speech import Clip, Sentence
 from edge_runtime.timestamps import Segment, parse_sentences
 from edge_runtime.transcribe import MossAudio
 
-from .corpus import Clip, Sentence, word_errors, words
+from .corpus import word_errors, words
 
-MAX_NEW_TOKENS = 200
+MAX_TOKENS = 200
 
 
 @dataclass
@@ -60,9 +62,9 @@ def inside_and_ordered(segments: Sequence[Segment], duration: float) -> bool:
 
 def score_clip(model: MossAudio, clip: Clip) -> ClipScore:
     truth = words(" ".join(s.text for s in clip.sentences))
-    plain = model.generate(clip.audio, TRANSCRIBE, max_new_tokens=MAX_NEW_TOKENS).text
-    stamped = model.generate(clip.audio, SENTENCE_TIMESTAMPS, max_new_tokens=MAX_NEW_TOKENS).text
-    duration = len(clip.audio) / 16000
+    plain = model.generate(clip.audio, TRANSCRIBE, max_tokens=MAX_TOKENS).text
+    stamped = model.generate(clip.audio, SENTENCE_TIMESTAMPS, max_tokens=MAX_TOKENS).text
+    duration = len(clip.audio) / SAMPLE_RATE
     segments = parse_sentences(stamped, duration)
     errors = boundary_errors(clip.sentences, segments)  # two per matched sentence
     return ClipScore(len(truth), word_errors(truth, words(plain)),

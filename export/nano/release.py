@@ -3,7 +3,7 @@
 compact weights -> checkpoint in the published layout -> F16 bundle (`export_bundle`) ->
 int8 encoder + Q8_0 LLM with a Q5_1 token embedding (`quantize_bundle`) -> model card.
 
-    python -m export.nano.release --work-dir /tmp/nano-release \
+    python -m moss_audio_edge.export.nano.release --work-dir /tmp/nano-release \
         [--quality benchmarks/results/nano_quality.json] [--out edge_runtime/models/nano]
 
 The quality figures in the model card are read from the benchmark's results
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundle import EMBEDDED_BUNDLES, load_bundle, write_manifest
+from edge_runtime.staging import atomic_path
 
 from ..bundle_export import export_bundle
 from . import corpus
@@ -30,7 +31,7 @@ SHIPPED_RECIPE: dict[str, str] = {"encoder": "int8", "llm": "Q8_0", "embedding_t
 SHIPPED_NAME = "int8 + Q8_0 (embedding Q5_1)"
 ENCODER_STEPS, JOINT_STEPS = 5000, 7500
 TRAIN_STEPS = ENCODER_STEPS + JOINT_STEPS
-TRAIN_COMMAND = (f"python -m export.nano.train --work-dir WORK --encoder-steps {ENCODER_STEPS} --steps {JOINT_STEPS} "
+TRAIN_COMMAND = (f"python -m moss_audio_edge.export.nano.train --work-dir WORK --encoder-steps {ENCODER_STEPS} --steps {JOINT_STEPS} "
                  "--voices 1500 --sentences-per-voice 8 --weights-out export/nano/nano-weights.safetensors")
 
 
@@ -91,19 +92,15 @@ def model_card(quality: dict[str, Any] | None, weights: Path = WEIGHTS_FILE) -> 
 
 def release(work_dir: Path, out: Path, quality_path: Path | None, threads: int | None = None,
             weights: Path = WEIGHTS_FILE) -> Path:
-    from quantize.bundle_quant import quantize_bundle  # the quantize extra
+    from moss_audio_edge.quantize.bundle_quant import quantize_bundle  # the quantize extra
 
     float_bundle = build_float_bundle(work_dir, weights)
-    staged = work_dir / "shipped"
-    if staged.exists():
-        shutil.rmtree(staged)
-    quantize_bundle(float_bundle, staged, threads=threads, log=lambda _: None, **SHIPPED_RECIPE)
     quality = json.loads(quality_path.read_text()) if quality_path else None
-    bundle = load_bundle(staged)
-    write_manifest(staged, dataclasses.replace(bundle.manifest, model_card=model_card(quality, weights)))
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(staged, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as staged:  # the previous release stays until this one is complete
+        quantize_bundle(float_bundle, staged, threads=threads, log=lambda _: None, **SHIPPED_RECIPE)
+        bundle = load_bundle(staged)
+        write_manifest(staged, dataclasses.replace(bundle.manifest, model_card=model_card(quality, weights)))
     return out
 
 

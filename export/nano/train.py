@@ -1,6 +1,6 @@
 """Train the nano MOSS-Audio from scratch on synthesised command speech.
 
-The model is `export.reference.MossAudioReference` itself (the module the export traces and
+The model is `moss_audio_edge.export.reference.MossAudioReference` itself (the module the export traces and
 the parity tests trust) with a small config; the result is saved as compact weights
 (export/nano/weights.py) that rebuild a checkpoint in the published layout, so the ordinary
 exporter turns it into a bundle (export/nano/release.py).
@@ -25,7 +25,7 @@ There is no SpecAugment: in a 2000-step trial of the encoder phase its masks cos
 held-out voices (greedy-CTC WER, benchmarks/nano_ctc_wer.py); the speed, pitch, gain, noise and
 echo the corpus varies are the augmentation.
 
-    python -m export.nano.train --work-dir /tmp/nano --encoder-steps 5000 --steps 7500
+    python -m moss_audio_edge.export.nano.train --work-dir /tmp/nano --encoder-steps 5000 --steps 7500
 """
 from __future__ import annotations
 
@@ -45,11 +45,12 @@ from transformers import AutoTokenizer
 
 from edge_runtime import features
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, TRANSCRIBE
+from edge_runtime.staging import atomic_path
 
-from ..checkpoint import parse_config
-from ..reference import MossAudioReference, downsampled_lengths, prompt_ids
-from ..synthetic_checkpoint import PUBLISHED_PROCESSOR_CONFIG, config_with
-from ..synthetic_tokenizer import write_tokenizer_files
+from ..checkpoint import downsampled_length, parse_config
+from ..reference import MossAudioReference, prompt_ids
+from ..checkpoint_writer import PUBLISHED_PROCESSOR_CONFIG, config_with
+from ..tokenizer_writer import write_tokenizer_files
 from . import corpus
 from .weights import save_compact
 
@@ -63,9 +64,9 @@ INSTRUCTIONS = (TRANSCRIBE, SENTENCE_TIMESTAMPS)
 IM_END = 151645
 MAX_CLIP_SECONDS = 20.0
 CHUNK_FRAMES = NANO_CONFIG["audio_config"]["n_window"] * 2  # mel frames per encoder chunk (4 s)
-CHUNK_SECONDS = CHUNK_FRAMES * features.HOP_LENGTH / corpus.SAMPLE_RATE
+CHUNK_SECONDS = CHUNK_FRAMES * features.HOP_LENGTH / features.SAMPLE_RATE
 CTC_WEIGHT = 1.0
-CHUNK_ROWS = int(downsampled_lengths(torch.tensor([CHUNK_FRAMES]))[0])  # LLM rows per full chunk
+CHUNK_ROWS = downsampled_length(CHUNK_FRAMES)  # LLM rows per full chunk
 # CTC alone lets the rows forget where in their chunk they sit, which the timestamps' tenths
 # and hundredths depend on; a small weight keeps that position without crowding CTC.
 POSITION_WEIGHT = 0.2
@@ -81,7 +82,8 @@ JOINT_ENCODER_LR_SCALE = 0.3
 # cosine decay took its CTC loss from 0.86 to 0.62.
 ENCODER_DECAY_SHARE = 0.2
 # Sequences per LLM pass in the joint phase: sorted by length and padded only to the longest of
-# their group, batches of clips of 1-20 s took ~1/3 less LLM time here than padded as one.
+# their group, batches of clips of 1-20 s take less LLM time than padded as one
+# (benchmarks/results/nano_train_speed.md, against the trainer before).
 LENGTH_GROUP_SIZE = 3
 
 
@@ -186,8 +188,8 @@ class Trainer:
             processor=dataclasses.replace(p, audio_token_id=self.vocab.index[p.audio_token_id]))
         self.model = MossAudioReference(compact)
         nn_init(self.model)
-        # Channels-last convolution kernels: the encoder's forward and backward ran ~1.4x faster
-        # here (the same arithmetic in another memory order).
+        # Channels-last convolution kernels: the encoder's forward and backward run faster (the
+        # same arithmetic in another memory order; benchmarks/results/nano_train_speed.md).
         self.model.audio_encoder.to(memory_format=torch.channels_last)
         self.unused_log_count = math.log(full.language.vocab_size - len(self.vocab.ids))
         self.filters = torch.from_numpy(features.mel_filters().astype(np.float32))
@@ -265,7 +267,7 @@ class Trainer:
             for index, piece in enumerate(mel.split(CHUNK_FRAMES, dim=1)):
                 chunks.append(F.pad(piece, (0, CHUNK_FRAMES - piece.shape[1])))
                 lengths.append(piece.shape[1])
-                valid = int(downsampled_lengths(torch.tensor([piece.shape[1]]))[0])
+                valid = downsampled_length(piece.shape[1])
                 boundaries.append(boundary_rows(clip.sentences, index * CHUNK_SECONDS, valid))
                 n_rows += valid
             instruction = SENTENCE_TIMESTAMPS if timestamps else TRANSCRIBE
@@ -292,7 +294,7 @@ class Trainer:
         LLM receives; cross-entropy of each such row's index in its chunk; cross-entropy of
         its sentence's start and end rows)."""
         rows = self.model.audio_rows(batch.chunks, batch.lengths)
-        valid = downsampled_lengths(batch.lengths).tolist()
+        valid = downsampled_length(batch.lengths).tolist()
         rows = torch.cat([rows[i, :v] for i, v in enumerate(valid)])  # sample-major order
         answer = self.answer_loss(batch, rows) if with_answer else torch.zeros(())
         main_rows = rows[:, : self.model.cfg.language.hidden_size]
@@ -378,13 +380,13 @@ class Trainer:
     def save_state(self) -> None:
         """Everything a resumed run needs, the data generator included: it composes the next
         batch from where this run would have."""
-        path = self.work_dir / "state.pt"
-        torch.save({"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(),
-                    "position_head": self.position_head.state_dict(),
-                    "boundary_head": self.boundary_head.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "vocab": self.vocab.ids, "ctc_words": self.vocab.words, "rng": self.rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state()}, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").rename(path)
+        state = {"model": self.model.state_dict(), "ctc_head": self.ctc_head.state_dict(),
+                 "position_head": self.position_head.state_dict(),
+                 "boundary_head": self.boundary_head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.step, "vocab": self.vocab.ids, "ctc_words": self.vocab.words,
+                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        with atomic_path(self.work_dir / "state.pt") as partial:
+            torch.save(state, partial)
 
     def load_state(self) -> bool:
         path = self.work_dir / "state.pt"

