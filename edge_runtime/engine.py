@@ -25,7 +25,7 @@ import numpy as np
 
 from .bundle import GGUF_MODEL_TYPE_KEY, Bundle, BundleError
 from .encoder import AudioEncoder
-from .errors import ContextTaken
+from .errors import ContextTaken, InputError
 from .features import log_mel_spectrogram
 from .llm import LlamaModel
 from .prompt import Piece, Tokens
@@ -74,6 +74,8 @@ class Engine:
 
     def __init__(self, bundle: Bundle, providers: list[str], gpu_layers: int, threads: int | None = None,
                  n_ctx: int = 8192, kv_type: str = "f16", flash_attention: str = "auto", parallel: int = 1):
+        if parallel < 1:
+            raise InputError(f"parallel={parallel}: at least one sequence")
         self.bundle = bundle
         m = bundle.manifest
         self.manifest = m

@@ -21,7 +21,7 @@ from .device import DevicePlan, resolve_device
 from .engine import Engine, Sampling, Sequence
 from .errors import InputError
 from .features import SAMPLE_RATE
-from .prompt import (ANSWER_TOKENS, INSTRUCTIONS, TIMESTAMP_MODES, Tokens, build_prompt, flat_ids,
+from .prompt import (ANSWER_TOKENS, INSTRUCTIONS, TIMESTAMP_MODES, Piece, Tokens, build_prompt, flat_ids,
                      transcription_budget, with_language)
 from .stream import StreamConfig, StreamEvent, StreamingSession, stream_events
 from .timestamps import Segment, parse_output, shift
@@ -53,12 +53,18 @@ class MossAudio:
 
     `device` ("auto", "cpu", "cuda", "tensorrt", "metal") picks the encoder's onnxruntime
     providers and llama.cpp's GPU offload (see device.py); `gpu_layers` overrides the latter.
+    `parallel` windows of a transcription are prefilled and then decoded together, one token
+    of each per llama.cpp batch, sharing `n_ctx`. With `kv_type="f32"` and flash attention off
+    they get the tokens they would get one at a time, to the bit; the f16 cache rounds the
+    batch differently, which can change a token at a near-tie (measured:
+    benchmarks/results/parallel_windows.md).
     Calls share one llama.cpp context: consume (or close) a stream before the next call.
     """
 
     def __init__(self, bundle: str | Path | Bundle, device: str = "auto", threads: int | None = None,
                  n_ctx: int = 8192, gpu_layers: int | None = None, kv_type: str = "f16",
-                 flash_attention: str = "auto", verify_hashes: bool = False, strict_device: bool = False):
+                 flash_attention: str = "auto", verify_hashes: bool = False, strict_device: bool = False,
+                 parallel: int = 1):
         bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_hashes)
         # a quantized bundle names the device it was made for (its preset); arguments win
         hints = bundle.manifest.quantization.get("runtime", {})
@@ -69,7 +75,8 @@ class MossAudio:
         self.device: DevicePlan = resolve_device(device, strict_device)
         self.engine = Engine(bundle, self.device.providers,
                              self.device.gpu_layers if gpu_layers is None else gpu_layers,
-                             threads=threads, n_ctx=n_ctx, kv_type=kv_type, flash_attention=flash_attention)
+                             threads=threads, n_ctx=n_ctx, kv_type=kv_type, flash_attention=flash_attention,
+                             parallel=parallel)
 
     @property
     def bundle(self) -> Bundle:
@@ -87,10 +94,13 @@ class MossAudio:
                assistant_prefix: str = "") -> Sequence:
         """Take the context and evaluate the whole prompt over `rows`; the Sequence decodes the
         reply. `assistant_prefix` is text the reply is taken to begin with."""
-        pieces = build_prompt(self.manifest, self.engine.tokenize, len(rows), instruction, system)
+        return self.engine.start(self._pieces(len(rows), instruction, system, assistant_prefix), rows)
+
+    def _pieces(self, n_rows: int, instruction: str, system: str | None, assistant_prefix: str = "") -> list[Piece]:
+        pieces = build_prompt(self.manifest, self.engine.tokenize, n_rows, instruction, system)
         if assistant_prefix:
             pieces.append(Tokens(tuple(self.engine.tokenize(assistant_prefix))))
-        return self.engine.start(pieces, rows)
+        return pieces
 
     def generate(self, audio: AudioSource, instruction: str, sample_rate: int | None = None,
                  max_tokens: int = ANSWER_TOKENS, temperature: float = 0.0, top_k: int = 50,
@@ -156,31 +166,43 @@ class MossAudio:
         """Refuse up front a window whose prompt and output cannot fit the context."""
         rows = math.ceil(window_seconds * self.manifest.audio.tokens_per_second) + 1
         prompt = build_prompt(self.manifest, self.engine.tokenize, rows, instruction, system)
-        needed = len(flat_ids(prompt, self.manifest.tokens.audio)) + budget
+        per_window = len(flat_ids(prompt, self.manifest.tokens.audio)) + budget
+        needed = per_window * self.engine.n_seq  # the parallel windows share the context
         if needed > self.engine.n_ctx:
-            raise InputError(f"a {window_seconds:g} s window needs {needed} tokens of context (prompt and "
-                             f"{budget} output tokens); the context holds {self.engine.n_ctx}: use shorter "
-                             "windows, fewer output tokens or a larger n_ctx")
+            raise InputError(f"{self.engine.n_seq} window(s) of {window_seconds:g} s need {needed} tokens of "
+                             f"context ({per_window} each: prompt and {budget} output tokens); the context "
+                             f"holds {self.engine.n_ctx}: use shorter windows, fewer output tokens, fewer "
+                             "parallel windows or a larger n_ctx")
 
     def _transcribe_windows(self, samples: np.ndarray, windows: list[Window], mode: str, instruction: str,
                             budget: int, sampling: Sampling, system: str | None, timings: dict[str, float],
                             on_window: Callable[[int, int], None] | None) -> Iterator[Segment]:
-        # Each window takes the context afresh and is decoded whole before its segments are
-        # handed out, so a consumer may interleave other calls between segments.
-        for window in windows:
+        # Each group of windows takes the context afresh and is decoded whole before its
+        # segments are handed out, so a consumer may interleave other calls between segments.
+        stop = self.manifest.tokens.stop
+        for first in range(0, len(windows), self.engine.n_seq):
+            group = windows[first:first + self.engine.n_seq]
             clock = time.perf_counter()
-            rows = self.engine.encode(samples[window.start:window.end])
+            rows = [self.engine.encode(samples[w.start:w.end]) for w in group]
             timings["encode_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            sequence = self.prefill(rows, instruction, system)
-            timings["prefill_s"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            text = self.engine.detokenize(list(sequence.decode(budget, self.manifest.tokens.stop, sampling)))
-            timings["decode_s"] += time.perf_counter() - clock
-            for segment in parse_output(text, mode, window.duration_s):
-                yield shift(segment, window.start_s)
-            if on_window:
-                on_window(window.index + 1, len(windows))
+            if len(group) == 1:  # one window: decoded token by token on its own
+                sequence = self.prefill(rows[0], instruction, system)
+                prefilled = time.perf_counter()
+                outputs = [list(sequence.decode(budget, stop, sampling))]
+            else:
+                sequences = self.engine.start_group(len(group))
+                for sequence, window_rows in zip(sequences, rows):
+                    sequence.prefill(self._pieces(len(window_rows), instruction, system), window_rows)
+                prefilled = time.perf_counter()
+                outputs = self.engine.decode_together(sequences, budget, stop, sampling)
+            timings["prefill_s"] += prefilled - clock
+            timings["decode_s"] += time.perf_counter() - prefilled
+            for window, tokens in zip(group, outputs):
+                for segment in parse_output(self.engine.detokenize(tokens), mode, window.duration_s):
+                    yield shift(segment, window.start_s)
+                if on_window:
+                    on_window(window.index + 1, len(windows))
 
     # --- questions -------------------------------------------------------------------------
 

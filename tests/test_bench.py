@@ -108,3 +108,17 @@ def test_benchmark_script_smoke_mode(tiny_bundles, tmp_path: Path) -> None:
     assert legend == {"A"} and result["command"] in table
     rows = [line for line in table.splitlines() if line.startswith(("| k1 |", "| k2 |"))]
     assert rows and all(line.rstrip().endswith("| A |") for line in rows)  # every row names its run
+
+
+def test_parallel_windows_benchmark_runs_and_exact_arithmetic_gives_the_same_segments(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "parallel_windows.py"), "--seconds", "25",
+               "--window-seconds", "8", "--parallel", "1,3", "--runs", "1", "--threads", "1",
+               "--results-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "parallel_windows.json").read_text())
+    assert result["windows"] >= 3 and min(result["segments"].values()) >= 3  # nano writes real sentences
+    exact = result["parallel"]["exact (f32 KV, no flash attention)"]
+    assert exact["3"]["segments_differing_from_parallel_1"] == 0  # the batch's logits are one sequence's
+    for rows in result["parallel"].values():
+        assert rows["1"]["speedup"] == 1.0 and all(positive(row["rtf"]) for row in rows.values())

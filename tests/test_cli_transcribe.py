@@ -50,6 +50,15 @@ def test_transcribe_prints_only_without_format(bundle, speech_wav, tmp_path):
     assert result.stdout.splitlines()[0].startswith("[00:00:00.000 --> ")
 
 
+def test_parallel_windows_write_the_same_files(bundle, speech_wav, tmp_path):
+    one = transcribe(bundle, speech_wav, tmp_path / "one")
+    three = transcribe(bundle, speech_wav, tmp_path / "three", "--parallel", "3")
+    assert one.returncode == three.returncode == 0, three.stderr
+    assert one.stdout == three.stdout
+    for name in (f"speech.{f}" for f in FORMATS):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes(), name
+
+
 # --- bad input: a clear message, exit 3, nothing written ----------------------------------
 
 def corrupt_wav(path: Path) -> Path:

@@ -15,6 +15,7 @@ from fake_generation import script_outputs
 from edge_runtime.answer import END_THINKING, NO_THINKING
 from edge_runtime.audio import AudioError
 from edge_runtime.device import CPU, DeviceError, resolve_device
+from edge_runtime.errors import InputError
 from edge_runtime.features import SAMPLE_RATE
 from edge_runtime.transcribe import MossAudio
 from edge_runtime.windows import plan_windows
@@ -238,3 +239,33 @@ def test_partial_device_falls_back_for_the_missing_part_only(caplog):
 def test_unknown_device_is_refused():
     with pytest.raises(DeviceError, match="unknown device 'npu'"):
         resolve_device("npu")
+
+
+# --- parallel windows ------------------------------------------------------------------------
+
+# Greedy with the default f16 KV cache; sampled with exact arithmetic (f32 cache, no flash
+# attention), where the batch's logits equal one sequence's to the bit: with f16 rounding a
+# sampled draw that lands near the edge of a token's probability can pick its neighbour.
+@pytest.mark.parametrize("sampling, settings", [({}, {}), ({"temperature": 0.8, "seed": 7},
+                                                         {"kv_type": "f32", "flash_attention": "off"})],
+                         ids=["greedy", "sampled-exact"])
+def test_parallel_windows_give_the_sequential_segments(tiny_bundles, speech, sampling, settings):
+    audio = np.concatenate([speech, speech[: 8 * SAMPLE_RATE]])  # windows of <= 10 s cut at pauses
+    options = dict(timestamps="sentence", window_seconds=10.0, max_tokens=16, **sampling)
+    one = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=2048, **settings)
+    segments, info = one.transcribe(audio, **options)
+    want = [(s.start, s.end, s.text) for s in segments]
+    assert len(info.windows) >= 4 and len(info.windows) % 3  # a group of 3, then a smaller one
+    three = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=2048, parallel=3, **settings)
+    seen: list[int] = []
+    segments, _ = three.transcribe(audio, on_window=lambda done, total: seen.append(done), **options)
+    assert [(s.start, s.end, s.text) for s in segments] == want
+    assert seen == list(range(1, len(info.windows) + 1))
+
+
+def test_parallel_windows_must_fit_the_shared_context(tiny_bundles, speech):
+    model = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=1024, parallel=4)
+    with pytest.raises(InputError, match="4 window"):
+        model.transcribe(speech, window_seconds=30.0)
+    with pytest.raises(InputError, match="parallel=0"):
+        MossAudio(tiny_bundles["k2"], threads=1, parallel=0)

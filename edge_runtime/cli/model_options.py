@@ -6,7 +6,8 @@ import argparse
 from ..bundle import BUNDLE_HELP, bundle_path
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, windows: bool = False) -> None:
+    """`windows`: the command transcribes windows of audio, which `--parallel` decodes together."""
     parser.add_argument("bundle", type=bundle_path, help=BUNDLE_HELP)
     # not argparse choices: device.py loads onnxruntime and llama.cpp, which building the parser must not
     parser.add_argument("--device", default="auto",
@@ -14,10 +15,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n-ctx", type=int, default=8192, help="LLM context in tokens")
     parser.add_argument("--verify", action="store_true", help="check the bundle's file hashes before loading")
+    if windows:
+        parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                            help="decode up to N windows of a file together (same output; default 1)")
 
 
 def load_model(args: argparse.Namespace):
     from ..transcribe import MossAudio  # loads onnxruntime and llama.cpp: only once a command runs
 
     return MossAudio(args.bundle, device=args.device, threads=args.threads, n_ctx=args.n_ctx,
-                     verify_hashes=args.verify)
+                     verify_hashes=args.verify, parallel=getattr(args, "parallel", 1))

@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the server extra)")
-    add_model_options(parser)
+    add_model_options(parser, windows=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="require this bearer key (default: $MOSS_EDGE_API_KEY)")

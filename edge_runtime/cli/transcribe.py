@@ -139,7 +139,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=_run)
 
     transcribe = sub.add_parser("transcribe", help="transcribe audio files, with sentence or word timestamps")
-    add_model_options(transcribe)
+    add_model_options(transcribe, windows=True)
     transcribe.add_argument("audio", type=Path, nargs="+")
     transcribe.add_argument("--timestamps", choices=["none", "sentence", "word"], default="sentence")
     transcribe.add_argument("--language", default=None, help="the spoken language, e.g. en or zh (a hint)")
