@@ -31,9 +31,9 @@ from .answer import Answer, AnswerDelta, AnswerStream
 from .audio import AudioError
 from .errors import InputError
 from .formats import to_srt, to_vtt, transcript_text
-from .prompt import ANSWER_TOKENS
 from .openai_api import (
     ApiError, chat_inputs, drain, number, read_body, read_form, sse, timestamp_mode, truthy, usage, verbose_json)
+from .prompt import ANSWER_TOKENS
 from .single_flight import QueueFull, QueueTimeout, RunTimeout, SingleFlight
 from .timestamps import Segment, join_text
 from .transcribe import MossAudio, TranscriptionInfo
