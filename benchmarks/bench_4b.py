@@ -41,7 +41,7 @@ import onnxruntime
 import soundfile
 import llm_bench  # benchmarks/ is the script's directory
 from bench_report import write_outputs
-from export_4b import EXPORT, WRITE_CHECKPOINT, run_step
+from export_4b import EXPORT, ROOT, WRITE_CHECKPOINT, run_step
 from quantize_4b import QUANTIZE, VARIANTS
 from results_file import RESULTS, stamp
 from stream_latency import PAUSE_S, SENTENCES, SR, build_clip, realtime_run
@@ -90,7 +90,7 @@ def build(work: Path, threads: int, command: str) -> tuple[dict[str, Path], dict
     """The F16 bundle and the two quantized ones, made where missing; the step records."""
     checkpoint, f16 = work / CHECKPOINT, work / F16_BUNDLE
     bundles = {"fp32-F16": f16, **{name: work / QUANTIZED / name for name in VARIANTS}}
-    plan = [("write_checkpoint", checkpoint / "config.json", WRITE_CHECKPOINT, [checkpoint]),
+    plan = [("write_checkpoint", checkpoint / "config.json", WRITE_CHECKPOINT, [checkpoint, ROOT]),
             ("export", f16 / "manifest.json", EXPORT, [checkpoint, f16, "F16"])]
     plan += [(f"quantize {name}", bundles[name] / "manifest.json", QUANTIZE,
               [f16, bundles[name], encoder, llm, threads]) for name, (encoder, llm) in VARIANTS.items()]

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import llama_cpp as C
-import numpy as np
 
 from edge_runtime.bundle import BundleError
 from edge_runtime.engine import Engine

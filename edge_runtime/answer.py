@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Generator, Iterator, Literal
 
-# Assistant-turn prefix that skips the reasoning (Qwen3's `enable_thinking=False`).
-NO_THINKING = "<think>\n\n</think>\n\n"
-# Forced into the context when the thinking budget is spent.
-END_THINKING = "\n</think>\n\n"
+from .loop_guard import LoopGuard
+
+if TYPE_CHECKING:
+    from .engine import Sampling, Sequence
+
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Completion:
     text: str
     thinking: str | None  # None: the model did not think
     token_ids: list[int]  # generated ids, tags and forced ids included
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "repetition"]
 
 
 @dataclass
@@ -64,15 +65,22 @@ class _Text:
         self.text += delta
         return delta
 
+    def drop(self, data: bytes) -> None:
+        """Take the text of `data`, the last bytes added, back off the end."""
+        tail = data.decode("utf-8", errors="replace")
+        self.text = self.text[:max(0, len(self.text) - len(tail))]
+
 
 def answer_events(start: Callable[[int], Iterator[int]], eval_tokens: Callable[[list[int]], None],
                   token_bytes: Callable[[int], bytes], tags: ThinkTags | None, max_tokens: int,
                   thinking_budget: int | None = None, end_thinking: list[int] | None = None,
-                  ) -> Generator[AnswerDelta, None, Completion]:
+                  guard: LoopGuard | None = None) -> Generator[AnswerDelta, None, Completion]:
     """Deltas of the reply after an evaluated prompt, then (as the return value) the Completion.
 
     `start(n)` yields at most n tokens (generate(): a token is evaluated only when the next is
-    asked for). `max_tokens` covers thinking and answer; forced ids are not counted.
+    asked for) and stops when the loop `guard` it feeds trips: the loop was streamed already,
+    but the Completion leaves it out. `max_tokens` covers thinking and answer; forced ids are
+    not counted.
     """
     texts = {"thinking": _Text(), "answer": _Text()}
     phase: Literal["thinking", "answer"] = "answer"
@@ -100,9 +108,21 @@ def answer_events(start: Callable[[int], Iterator[int]], eval_tokens: Callable[[
     for kind, text in texts.items():
         if delta := text.add(b"", final=True):
             yield AnswerDelta(kind, delta)  # type: ignore[arg-type]
+    if guard is not None and guard.tripped:  # the loop is the end of the current phase's text
+        looped = guard.tokens[guard.keep:]
+        texts[phase].drop(b"".join(token_bytes(t) for t in looped))
+        ids = ids[:len(ids) - len(looped)]
+        reason = "repetition"
+    else:
+        reason = "length" if generated >= max_tokens else "stop"
     thinking = texts["thinking"].text.rstrip() if tags and ids and ids[0] == tags.open else None
-    return Completion(texts["answer"].text.rstrip(), thinking, ids,
-                      "length" if generated >= max_tokens else "stop")
+    return Completion(texts["answer"].text.rstrip(), thinking, ids, reason)
+
+
+# MossAudio's answer loop over an evaluated prompt: (sequence, audio seconds, timings, max_tokens,
+# thinking_budget, sampling) -> AnswerDelta items, then the Answer. Sessions that keep audio in
+# the cache (audio_session.py, stream.py) evaluate the question and hand over to it.
+AnswerMaker = Callable[["Sequence", float, dict, int, "int | None", "Sampling"], Generator[AnswerDelta, None, Answer]]
 
 
 class AnswerStream:

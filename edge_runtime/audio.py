@@ -1,7 +1,9 @@
 """Audio input for the runtime: files, encoded bytes or arrays -> float32 mono at 16 kHz.
 
-Decoding is soundfile's (libsndfile: WAV, FLAC, OGG, MP3, ...); downmixing and the
-band-limited resampler are plain numpy so the runtime needs nothing else.
+soundfile (libsndfile) decodes what it knows (WAV, FLAC, OGG, MP3), with the truncation
+checks below and without loading FFmpeg; everything else FFmpeg reads (m4a/AAC, webm/Opus,
+the audio track of mp4/mkv/mov video, ...) goes through PyAV. Downmixing and the
+band-limited resampler are plain numpy, the same for both.
 """
 
 import io
@@ -31,8 +33,20 @@ _KAISER_BETA = 8.6
 # WAV data sizes from here up are placeholders left by streaming writers (see _wav_is_truncated).
 _WAV_SIZE_PLACEHOLDER = 0x7FFF0000
 
+# libsndfile error codes that mean "not a format I read" (unrecognised format, unsupported
+# encoding): such input goes to FFmpeg. Its other errors (a malformed WAV, a corrupt FLAC) stand.
+_LIBSNDFILE_NOT_MINE = (1, 4)
+
+# FFmpeg input decoding to this much less than its container declares is truncated; encoder
+# priming and padding (AAC, Opus) move the decoded length by tens of milliseconds.
+_TRUNCATION_SLACK_S = 0.25
+
 # More channels than this means the array is most likely (channels, frames).
 _MAX_CHANNELS = 32
+
+# Raw PCM sample widths in bytes -> numpy types; 24-bit is widened to 32 (pcm_frames). 8-bit
+# is signed, as in Python's audioop, which Wyoming's own converters use.
+_PCM_TYPES = {1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"), 4: np.dtype("<i4")}
 
 AudioSource = str | os.PathLike | bytes | bytearray | np.ndarray
 
@@ -151,6 +165,9 @@ def _decode(stream: BinaryIO, name: str) -> tuple[np.ndarray, int]:
             declared, rate, container = f.frames, f.samplerate, f.format
     except sf.SoundFileError as e:
         reason = getattr(e, "error_string", str(e))
+        if getattr(e, "code", None) in _LIBSNDFILE_NOT_MINE:
+            stream.seek(0)
+            return _decode_ffmpeg(stream, name, reason)
         raise AudioError(
             f"cannot decode {name} (unsupported format, corrupt or truncated): {reason}"
         ) from e
@@ -160,6 +177,48 @@ def _decode(stream: BinaryIO, name: str) -> tuple[np.ndarray, int]:
             f"{len(frames)} frames it holds"
         )
     return frames, rate
+
+
+def _decode_ffmpeg(stream: BinaryIO, name: str, libsndfile_reason: str) -> tuple[np.ndarray, int]:
+    """The first audio track of anything FFmpeg demuxes, as float32 [frames, channels]."""
+    import av  # imported here: WAV/FLAC/OGG/MP3 never pay for loading FFmpeg
+
+    try:
+        with av.open(stream, mode="r") as container:
+            track = next(iter(container.streams.audio), None)
+            if track is None or track.codec_context is None:  # none, or none FFmpeg can decode
+                raise AudioError(f"cannot decode {name} (unsupported format): FFmpeg reads it as "
+                                 f"{container.format.long_name}, with no audio track it can decode")
+            rate = track.rate
+            # Planar float at the rate and layout the track starts with (a damaged frame may
+            # claim others): the numpy code below downmixes and resamples, as for soundfile's.
+            planar = av.AudioResampler(format="fltp", layout=track.layout, rate=rate)
+            blocks = [converted.to_ndarray()
+                      for frame in container.decode(track)
+                      for converted in planar.resample(frame)]
+            blocks += [converted.to_ndarray() for converted in planar.resample(None)]
+            declared = _declared_seconds(container, track)
+    except (av.FFmpegError, ValueError) as e:  # ValueError: PyAV on damaged headers (metadata, ...)
+        raise AudioError(
+            f"cannot decode {name} (unsupported format, corrupt or truncated): "
+            f"libsndfile: {libsndfile_reason.rstrip('.')}; FFmpeg: {getattr(e, 'strerror', None) or e}"
+        ) from e
+    frames = np.concatenate(blocks, axis=1).T if blocks else np.zeros((0, 1), np.float32)
+    if declared is not None and rate and declared - len(frames) / rate > _TRUNCATION_SLACK_S:
+        raise AudioError(
+            f"{name} is truncated: its header promises {declared:.2f} s of audio, "
+            f"it holds {len(frames) / rate:.2f} s"
+        )
+    return np.ascontiguousarray(frames, dtype=np.float32), rate
+
+
+def _declared_seconds(container, track) -> float | None:
+    """The audio track's duration as its container states it (None where it doesn't)."""
+    if track.duration is not None and track.time_base is not None:
+        return float(track.duration * track.time_base)
+    if container.duration is not None and len(container.streams) == 1:  # a video's may be longer
+        return container.duration / 1_000_000  # AV_TIME_BASE: microseconds
+    return None
 
 
 def _wav_is_truncated(stream: BinaryIO) -> bool:
@@ -182,17 +241,49 @@ def _wav_is_truncated(stream: BinaryIO) -> bool:
     return False
 
 
-def _finish(frames: np.ndarray, rate: int, name: str) -> np.ndarray:
-    """Validate [frames, channels] float32 audio, downmix it and bring it to 16 kHz."""
+def check_sample_rate(rate: object, name: str) -> int:
+    """`rate` as an int, or an AudioError naming `name` when it is no usable rate."""
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
         raise AudioError(f"{name}: sample rate must be an integer number of Hz, got {rate!r}")
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise AudioError(
             f"{name}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
         )
+    return int(rate)
+
+
+def downmix(frames: np.ndarray) -> np.ndarray:
+    """[frames, channels] float32 -> mono, the channels' mean."""
+    return frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1, dtype=np.float32)
+
+
+def check_pcm_format(width: object, channels: object, name: str) -> None:
+    """An AudioError naming `name` unless raw PCM of this width and channel count can be read."""
+    if isinstance(width, bool) or width not in _PCM_TYPES:
+        raise AudioError(f"{name}: sample width must be 1, 2, 3 or 4 bytes, got {width!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= _MAX_CHANNELS:
+        raise AudioError(f"{name}: channels must be 1..{_MAX_CHANNELS}, got {channels!r}")
+
+
+def pcm_frames(data: bytes, width: int, channels: int, name: str = "PCM audio") -> np.ndarray:
+    """Raw little-endian signed PCM, `width` bytes a sample and `channels` interleaved (what
+    Wyoming satellites send), as float32 [frames, channels] in [-1, 1]."""
+    check_pcm_format(width, channels, name)
+    if len(data) % (width * channels):
+        raise AudioError(f"{name}: {len(data)} bytes are not whole frames of {channels} x {width} bytes")
+    raw = np.frombuffer(data, np.uint8)
+    if width == 3:  # each 24-bit sample into the top three bytes of an int32: same scale after
+        wide = np.zeros((len(raw) // 3, 4), np.uint8)
+        wide[:, 1:] = raw.reshape(-1, 3)
+        raw = wide.reshape(-1)
+    return _array_frames(raw.view(_PCM_TYPES[width]).reshape(-1, channels))
+
+
+def _finish(frames: np.ndarray, rate: int, name: str) -> np.ndarray:
+    """Validate [frames, channels] float32 audio, downmix it and bring it to 16 kHz."""
+    rate = check_sample_rate(rate, name)
     if frames.size == 0:
         raise AudioError(f"{name} contains no audio samples")
     if not np.isfinite(frames).all():
         raise AudioError(f"{name} contains NaN or Inf samples")
-    mono = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(resample(mono, int(rate), SAMPLE_RATE))
+    return np.ascontiguousarray(resample(downmix(frames), rate, SAMPLE_RATE))

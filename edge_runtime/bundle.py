@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import InputError
+from .onnx_external import MalformedOnnx, external_locations
 from .staging import write_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -119,19 +120,43 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        def tup(entry: dict, *keys: str) -> dict:
-            return {k: tuple(v) if k in keys else v for k, v in entry.items()}
-        return cls(
-            model=ModelInfo(**data["model"]),
-            audio=AudioParams(**data["audio"]),
-            tokens=TokenIds(**tup(data["tokens"], "digits", "stop")),
-            time_markers=TimeMarkers(**data["time_markers"]),
-            encoder=FileEntry(**tup(data["encoder"], "extra_files")),
-            llm=FileEntry(**tup(data["llm"], "extra_files")),
-            **{k: data[k] for k in ("system_prompt", "parity", "quantization", "model_card",
-                                    "created_by", "format", "format_version") if k in data},
-        )
+    def from_dict(cls, data: Any) -> "Manifest":
+        """The manifest in `data` (parsed JSON); a BundleError names the first field that is
+        missing, unknown or of the wrong type."""
+        return _from_json(cls, data, "manifest")
+
+
+def _from_json(cls: type, data: Any, where: str) -> Any:
+    """An instance of the dataclass `cls` from JSON, every field type-checked (JSON lists
+    become the tuples the dataclasses hold), so a hand-edited or hostile manifest fails here
+    with its field named instead of somewhere deep in loading."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where} must be an object, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(str(k) for k in data.keys() - known.keys())
+    if unknown:
+        raise BundleError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    missing = [name for name, f in known.items() if name not in data
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise BundleError(f"{where}: missing field(s) {', '.join(missing)}")
+    return cls(**{name: _typed(hints[name], value, f"{where}.{name}") for name, value in data.items()})
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    if is_dataclass(hint):
+        return _from_json(hint, value, where)
+    if get_origin(hint) is tuple:  # tuple[X, ...]
+        item = get_args(hint)[0]
+        if not isinstance(value, list):
+            raise BundleError(f"{where} must be a list, got {type(value).__name__}")
+        return tuple(_typed(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    expected = get_origin(hint) or hint  # dict[str, Any] -> dict
+    # bool is an int in Python, not in a manifest
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise BundleError(f"{where} must be {expected.__name__}, got {type(value).__name__}")
+    return value
 
 
 def sha256_of(path: Path, block: int = 1 << 22) -> str:
@@ -171,6 +196,38 @@ class Bundle:
         return self.directory / self.manifest.llm.path
 
 
+def confined(root: Path, relative: str, what: str) -> Path:
+    """`root / relative`, refused unless it names a path inside the bundle directory: relative,
+    without `..`, and not leading out through a symlink (docs/reliability.md#confined-bundles).
+    Checked before the file is opened, so a downloaded bundle cannot make the runtime read
+    (or quantize write) anything outside its directory."""
+    def refuse(reason: str) -> BundleError:
+        return BundleError(f"{root / MANIFEST_NAME}: {what} path {relative!r} {reason}; a bundle's files "
+                           "must lie inside its directory")
+    if not relative or "\0" in relative:
+        raise refuse("is not a file name")
+    posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive:
+        raise refuse("is absolute")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise refuse("goes up with '..'")
+    path = root / relative
+    try:
+        inside, target = root.resolve(), path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise refuse(f"cannot be resolved ({exc})") from None
+    if target == inside:
+        raise refuse("names the bundle directory itself")
+    if inside not in target.parents:
+        raise refuse(f"resolves to {target}, outside the bundle (through a symlink)")
+    return path
+
+
+def _check_confined(root: Path, entry: FileEntry, what: str) -> None:
+    for part in (entry.path, *entry.extra_files):
+        confined(root, part, f"{what} file")
+
+
 def _check_file(directory: Path, entry: FileEntry, what: str, verify_hashes: bool) -> None:
     size = 0
     for part in (entry.path, *entry.extra_files):
@@ -186,31 +243,63 @@ def _check_file(directory: Path, entry: FileEntry, what: str, verify_hashes: boo
         raise BundleError(f"{directory / entry.path}: {what} sha256 differs from the manifest (corrupt file)")
 
 
+def _check_external_data(root: Path, entry: FileEntry) -> None:
+    """Every external-data file the ONNX encoder names must be one of its manifest entry's
+    extra files (so it is confined, sized and hashed like them) before onnxruntime opens it."""
+    model = root / entry.path
+    try:
+        locations = external_locations(model)
+    except MalformedOnnx as exc:
+        raise BundleError(f"{model}: cannot load the ONNX audio encoder (not an ONNX model: {exc})") from None
+    folder = PurePosixPath(entry.path).parent
+    for location in dict.fromkeys(locations):
+        relative = str(folder / location) if location else ""
+        confined(root, relative, f"audio encoder external data (named in {entry.path})")
+        if relative not in entry.extra_files:
+            raise BundleError(f"{model}: external data file {location!r} is not listed in the manifest's "
+                              f"encoder.extra_files {list(entry.extra_files)}")
+
+
+def _check_runtime_hints(manifest_path: Path, hints: Any) -> None:
+    """quantization.runtime: what a quantized bundle asks of MossAudio (quantize/presets.py)."""
+    kinds = {"device": str, "threads": int, "gpu_layers": int}
+    if not isinstance(hints, dict) or any(
+            hints.get(key) is not None and (not isinstance(hints[key], kind) or isinstance(hints[key], bool))
+            for key, kind in kinds.items()):
+        raise BundleError(f"{manifest_path}: malformed manifest (quantization.runtime must map device to a "
+                          f"string, threads and gpu_layers to integers, got {hints!r})")
+
+
 def load_bundle(directory: str | Path, verify_hashes: bool = False) -> Bundle:
-    """Read and validate a bundle. Sizes are always checked; hashes when asked (they cost a
-    full read of multi-GB files)."""
+    """Read and validate a bundle. Every path is checked to stay inside the directory before
+    anything is opened; sizes are always checked; hashes when asked (they cost a full read of
+    multi-GB files)."""
     root = bundle_path(directory)
-    manifest_path = root / MANIFEST_NAME
     if not root.is_dir():
         raise BundleError(f"{root}: bundle directory not found")
+    manifest_path = confined(root, MANIFEST_NAME, "manifest")
     if not manifest_path.is_file():
         raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle, or an interrupted export)")
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{manifest_path}: not a moss-audio-edge bundle manifest")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") != FORMAT_VERSION or isinstance(data.get("format_version"), bool):
         raise BundleError(
             f"{manifest_path}: bundle format version {data.get('format_version')!r}; this runtime "
             f"reads version {FORMAT_VERSION} (re-export the bundle with a matching moss-audio-edge)")
     try:
         manifest = Manifest.from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{manifest_path}: malformed manifest ({exc})") from exc
+    except BundleError as exc:
+        raise BundleError(f"{manifest_path}: malformed manifest ({exc})") from None
     if manifest.model.model_type not in SUPPORTED_MODEL_TYPES:
         raise BundleError(f"{manifest_path}: model type {manifest.model.model_type!r} is not MOSS-Audio")
+    _check_runtime_hints(manifest_path, manifest.quantization.get("runtime", {}))
+    _check_confined(root, manifest.encoder, "audio encoder")
+    _check_confined(root, manifest.llm, "LLM")
     _check_file(root, manifest.encoder, "audio encoder", verify_hashes)
     _check_file(root, manifest.llm, "LLM", verify_hashes)
+    _check_external_data(root, manifest.encoder)
     return Bundle(directory=root, manifest=manifest)

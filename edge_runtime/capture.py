@@ -1,14 +1,18 @@
 """Live audio sources for streaming: a microphone, a file played at real-time pace, or any
 iterator of numpy blocks. Each yields `Block`s of 16 kHz mono float32 samples.
 
-The microphone callback only copies into a bounded queue: it never blocks, and what does
-not fit is counted as dropped and reported, never lost silently.
+A live source (the microphone, a paced file) runs on its own capture thread as a
+`LiveCapture`: the thread only moves audio from the device into an `AudioSpool` (and the
+recording), so a consumer that falls behind gets the audio late, never loses it. The
+PortAudio callback only copies into a queue that this thread empties; only a device
+overrun (`xrun`) or a starved capture thread (`dropped_s`) can lose input, and either is
+reported (docs/streaming.md#falling-behind).
 """
 from __future__ import annotations
 
 import queue
+import threading
 import time
-from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -18,14 +22,8 @@ import numpy as np
 from .audio import AudioError, load_audio, polyphase_filters
 from .errors import InputError
 from .features import SAMPLE_RATE
-
-
-@dataclass
-class Block:
-    samples: np.ndarray  # 16 kHz mono float32
-    captured_at: float  # time.monotonic() when the last sample arrived
-    dropped_samples: int = 0  # input lost before this block (queue full), at 16 kHz
-    xrun: bool = False  # PortAudio reported an input overflow or underflow (samples lost)
+from .recording import WavRecorder
+from .spool import AudioSpool, Block
 
 
 class StreamResampler:
@@ -92,21 +90,91 @@ def array_blocks(blocks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE) -
         yield Block(tail, time.monotonic())
 
 
-def file_blocks(path: str | Path, realtime: bool = True, block_s: float = 0.1) -> Iterator[Block]:
-    """A file as a live source; with `realtime`, blocks arrive at the pace of the audio."""
+def file_blocks(path: str | Path, realtime: bool = True, block_s: float = 0.1, speed: float = 1.0
+                ) -> Iterator[Block]:
+    """A file as a source; with `realtime`, blocks arrive at the pace of the audio (times
+    `speed`), as from a microphone. Wrap a paced file in `LiveCapture` to capture it as one."""
     audio = load_audio(path)
     step = int(block_s * SAMPLE_RATE)
     started = time.monotonic()
     for lo in range(0, len(audio), step):
         block = audio[lo:lo + step]
         if realtime:
-            due = started + (lo + len(block)) / SAMPLE_RATE
+            due = started + (lo + len(block)) / SAMPLE_RATE / speed
             time.sleep(max(0.0, due - time.monotonic()))
         yield Block(block, time.monotonic())
 
 
 class DeviceLost(RuntimeError):
     """The input device stopped delivering audio (unplugged, or its stream died)."""
+
+
+class LiveCapture:
+    """Iterate a live block source on a capture thread; iterating this hands the blocks out
+    in order, however late. Up to `memory_s` seconds of backlog stay in memory, the rest
+    waits in a temporary file (in `spool_dir`); `record` names a WAV file that receives
+    every captured block as it arrives (recording.py). `stop()` ends the capture: what was
+    captured before it is still handed out. An error of the source (DeviceLost, bad input)
+    is raised after the audio captured before it."""
+
+    def __init__(self, blocks: Iterator[Block], record: str | Path | None = None, memory_s: float = 30.0,
+                 spool_dir: str | Path | None = None):
+        self.recorder = WavRecorder(record) if record is not None else None  # a bad path fails now
+        self.spool = AudioSpool(memory_s, spool_dir)
+        self.captured_s = 0.0
+        self._source = blocks
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._capture, name="moss-edge-capture", daemon=True)
+
+    @property
+    def backlog_s(self) -> float:
+        """Seconds captured and not yet handed out."""
+        return self.spool.backlog_s
+
+    def _capture(self) -> None:
+        error = None
+        try:
+            for block in self._source:
+                if self.recorder is not None:
+                    self.recorder.write(block.samples)
+                self.spool.put(block)
+                self.captured_s += len(block.samples) / SAMPLE_RATE
+                if self._stopping.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer, after the audio before it
+            error = exc
+        finally:
+            try:
+                if hasattr(self._source, "close"):
+                    self._source.close()  # in this thread, which runs the generator: releases the device
+                if self.recorder is not None:
+                    self.recorder.close()
+            finally:
+                self.spool.close(error)
+
+    def __iter__(self) -> LiveCapture:
+        return self
+
+    def __next__(self) -> Block:
+        if self._thread.ident is None:  # the device opens when the consumer is ready
+            self._thread.start()
+        block = self.spool.get()
+        if block is None:
+            raise StopIteration
+        return block
+
+    def stop(self) -> None:
+        """End the capture at the next block; what was captured is still handed out."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Stop capturing, wait for the device to be released, and drop the backlog."""
+        self.stop()
+        if self._thread.ident is not None:
+            self._thread.join()
+        elif self.recorder is not None:
+            self.recorder.close()
+        self.spool.discard()
 
 
 def default_microphone() -> str | None:
@@ -121,14 +189,22 @@ def default_microphone() -> str | None:
         return None
 
 
-def microphone_blocks(device: int | str | None = None, block_s: float = 0.1,
-                      queue_seconds: float = 30.0, stall_timeout_s: float = 2.0,
-                      startup_timeout_s: float = 10.0) -> Iterator[Block]:
+def microphone_blocks(device: int | str | None = None, block_s: float = 0.1, record: str | Path | None = None,
+                      memory_s: float = 30.0, spool_dir: str | Path | None = None, **device_options) -> LiveCapture:
+    """The microphone as a LiveCapture (nothing lost to a slow consumer); `device_options`
+    are those of `device_blocks`."""
+    return LiveCapture(device_blocks(device, block_s, **device_options), record, memory_s, spool_dir)
+
+
+def device_blocks(device: int | str | None = None, block_s: float = 0.1, queue_seconds: float = 30.0,
+                  stall_timeout_s: float = 2.0, startup_timeout_s: float = 10.0) -> Iterator[Block]:
     """Capture from a PortAudio input device at its native rate, resampled to 16 kHz.
 
-    Ends by raising DeviceLost when no audio arrives for `stall_timeout_s` (the first block
-    may take `startup_timeout_s`: sound servers can be slow to start a stream) or PortAudio
-    reports the stream finished; the caller flushes what it has.
+    The callback's queue holds `queue_seconds`: it overflows (reported as dropped) only if
+    nobody takes blocks for that long, which LiveCapture's thread always does. Ends by
+    raising DeviceLost when no audio arrives for `stall_timeout_s` (the first block may take
+    `startup_timeout_s`: sound servers can be slow to start a stream) or PortAudio reports
+    the stream finished; the caller flushes what it has.
     """
     import sounddevice as sd  # the `mic` extra: imported only when a microphone is used
 

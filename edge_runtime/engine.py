@@ -11,6 +11,9 @@ context or onnxruntime. It offers what those callers are made of:
 - `start_group(n)`: n sequences in the one context (`parallel=n`), prefilled one by one and
   decoded together, one token of each per llama.cpp batch (`decode_together`).
 
+Each start says how many positions its sequences will take (prompt plus output budget): an
+automatic context (`n_ctx=None`) is sized to that, so memory follows the work (llm.py).
+
 The context has one owner at a time. `start()`/`start_group()` hand it over and every older
 Sequence goes stale: using one raises `ContextTaken` instead of decoding on a cache someone
 else changed (e.g. a half-consumed `ask_stream` iterated after another call on the model).
@@ -28,7 +31,8 @@ from .encoder import AudioEncoder
 from .errors import ContextTaken, InputError
 from .features import log_mel_spectrogram
 from .llm import LlamaModel
-from .prompt import Piece, Tokens
+from .loop_guard import LoopGuard
+from .prompt import Piece, Tokens, prompt_length
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,25 @@ def choose_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generato
     return int(rng.choice(candidates, p=probs))
 
 
+def scripted(script: Ids[int], position: int, stop_ids: Ids[int]) -> int:
+    """Forced output (benchmarks, docs/benchmarks.md#forced-output): the script's token at
+    `position`, then the first stop id."""
+    return script[position] if position < len(script) else stop_ids[0]
+
+
 @dataclass(frozen=True)
 class Readout:
     tokens: list[int]  # greedy text after the audio, stop token excluded
     draft_tokens: int  # tokens of the draft checked
     accepted_tokens: int  # of those, the ones the model confirmed
     decoded_tokens: int  # tokens decoded one at a time after the draft
+    looped: bool = False  # the loop guard stopped it (its loop is trimmed from `tokens`)
+
+
+@dataclass(frozen=True)
+class SavedSequence:
+    state: bytes  # llama.cpp's copy of the sequence's KV cells
+    n_past: int
 
 
 class Engine:
@@ -73,7 +90,8 @@ class Engine:
     llama.cpp context holds at once."""
 
     def __init__(self, bundle: Bundle, providers: list[str], gpu_layers: int, threads: int | None = None,
-                 n_ctx: int = 8192, kv_type: str = "f16", flash_attention: str = "auto", parallel: int = 1):
+                 n_ctx: int | None = None, kv_type: str = "f16", flash_attention: str = "auto",
+                 parallel: int = 1):
         if parallel < 1:
             raise InputError(f"parallel={parallel}: at least one sequence")
         self.bundle = bundle
@@ -101,7 +119,13 @@ class Engine:
 
     @property
     def n_ctx(self) -> int:
+        """Tokens the context holds now (an automatic one grows as calls need)."""
         return self._llm.n_ctx
+
+    @property
+    def max_context(self) -> int:
+        """The most tokens one start may ask for: a fixed n_ctx, or what the model was trained for."""
+        return self._llm.n_ctx if self._llm.fixed_ctx else self._llm.n_ctx_train
 
     @property
     def n_vocab(self) -> int:
@@ -142,19 +166,23 @@ class Engine:
         """How many sequences the context holds at once (`parallel`)."""
         return self._llm.n_seq
 
-    def start(self, pieces: list[Piece] = (), rows: np.ndarray | None = None) -> Sequence:
+    def start(self, pieces: list[Piece] = (), rows: np.ndarray | None = None, room: int = 0) -> Sequence:
         """Take the context for a new Sequence (any older one goes stale), clear it and
-        evaluate `pieces` (audio pieces take their rows from `rows`)."""
-        sequence = self.start_group(1)[0]
+        evaluate `pieces` (audio pieces take their rows from `rows`); `room`: the positions
+        it will take after them (the output budget)."""
+        sequence = self.start_group(1, prompt_length(pieces) + room)[0]
         sequence.prefill(pieces, rows)
         return sequence
 
-    def start_group(self, n: int) -> list[Sequence]:
-        """Take the context for `n` empty sequences that share it (any older one goes stale):
-        each prefills on its own, and `decode_together` decodes them in one batch per step."""
+    def start_group(self, n: int, positions_each: int = 0) -> list[Sequence]:
+        """Take the context for `n` empty sequences of up to `positions_each` positions that
+        share it (any older one goes stale): each prefills on its own, and `decode_together`
+        decodes them in one batch per step."""
         if not 1 <= n <= self.n_seq:
             raise ValueError(f"{n} sequences asked for; this context holds 1 to {self.n_seq} (parallel=)")
         self._starts += 1
+        self._owners = []  # a context made anew by reserve() holds nobody's cache
+        self._llm.reserve(n * positions_each)
         self._llm.clear()
         self._owners = [Sequence(self, self._starts, seq) for seq in range(n)]
         return list(self._owners)
@@ -163,11 +191,15 @@ class Engine:
         return any(sequence is owner for owner in self._owners)
 
     def decode_together(self, sequences: list[Sequence], max_tokens: int | list[int], stop_ids: Ids[int],
-                        sampling: Sampling = GREEDY) -> list[list[int]]:
+                        sampling: Sampling = GREEDY, guards: list[LoopGuard | None] | None = None,
+                        scripts: list[Ids[int] | None] | None = None) -> list[list[int]]:
         """What `decode` gives each sequence, computed together: every step evaluates one
         token of each unfinished sequence in one llama.cpp batch. Each sequence samples with
-        its own generator seeded by `sampling.seed`, as it would alone."""
+        its own generator seeded by `sampling.seed`, stops at its own loop guard and follows
+        its own script, as it would alone."""
         budgets = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(sequences)
+        guards = guards or [None] * len(sequences)
+        scripts = scripts or [None] * len(sequences)
         rngs = [np.random.default_rng(sampling.seed) for _ in sequences]
         stops = set(stop_ids)
         out: list[list[int]] = [[] for _ in sequences]
@@ -177,10 +209,13 @@ class Engine:
             for i in live:
                 if len(out[i]) >= budgets[i]:
                     continue
-                token = choose_token(sequences[i].logits(), sampling, rngs[i])
+                logits = sequences[i].logits()
+                token = (scripted(scripts[i], len(out[i]), stop_ids) if scripts[i] is not None
+                         else choose_token(logits, sampling, rngs[i]))
                 if token not in stops:
                     out[i].append(token)
-                    stepping.append(i)
+                    if not (guards[i] and guards[i].add(token)):
+                        stepping.append(i)
             live = [i for i in stepping if len(out[i]) < budgets[i]]  # the last token needs no logits
             if live:
                 self._step([sequences[i] for i in live], [out[i][-1] for i in live])
@@ -233,11 +268,12 @@ class Sequence:
                 self._advance(piece.count, llm.eval_embeddings(rows[piece.start:piece.start + piece.count],
                                                                self.n_past, self.seq))
 
-    def eval_tokens(self, tokens: Ids[int], all_logits: bool = False) -> np.ndarray | None:
-        """Append tokens; with `all_logits`, the logits after each of them [n, n_vocab]."""
-        logits = self._llm.eval_tokens(tokens, self.n_past, self.seq, all_logits)
-        self._advance(len(tokens), logits[-1] if all_logits else logits)
-        return logits if all_logits else None
+    def eval_tokens(self, tokens: Ids[int], logits_from: int | None = None) -> np.ndarray | None:
+        """Append tokens; with `logits_from`, the logits after each of tokens[logits_from:]
+        [n - logits_from, n_vocab]."""
+        logits = self._llm.eval_tokens(tokens, self.n_past, self.seq, logits_from)
+        self._advance(len(tokens), logits if logits_from is None else logits[-1])
+        return None if logits_from is None else logits
 
     def logits(self) -> np.ndarray:
         """The next-token logits after the last evaluated position."""
@@ -246,62 +282,82 @@ class Sequence:
             raise ValueError("nothing evaluated since the last truncate: no logits to give")
         return self._logits
 
+    def save(self) -> SavedSequence:
+        """A copy of this sequence's KV cache, to `restore` after others have used the context."""
+        return SavedSequence(self._llm.seq_state(self.seq), self.n_past)
+
+    def restore(self, saved: SavedSequence) -> None:
+        """Make this (empty) sequence what `saved` was: the same cache to the bit. It has no
+        logits until something is evaluated after it."""
+        if self.n_past:
+            raise ValueError("restore() needs a fresh sequence")
+        self._llm.load_seq_state(self.seq, saved.state)
+        self.n_past, self._logits = saved.n_past, None
+
     def truncate(self, n_keep: int) -> None:
         """Forget every position from `n_keep` on."""
         self._llm.remove(self.seq, n_keep)
         if n_keep < self.n_past:
             self.n_past, self._logits = n_keep, None
 
-    def decode(self, max_tokens: int, stop_ids: Ids[int], sampling: Sampling = GREEDY) -> Iterator[int]:
-        """Tokens after what was evaluated, until a stop id (not yielded) or the budget. A
+    def decode(self, max_tokens: int, stop_ids: Ids[int], sampling: Sampling = GREEDY,
+               guard: LoopGuard | None = None, script: Ids[int] | None = None) -> Iterator[int]:
+        """Tokens after what was evaluated, until a stop id (not yielded), the budget, or the
+        loop `guard` tripping (the looping tokens are yielded: `guard.kept` trims them). A
         token is evaluated only when the next one is asked for, so a caller may stop and
-        evaluate something else in its place (a forced `</think>`)."""
+        evaluate something else in its place (a forced `</think>`). A `script` is decoded
+        instead of what the logits say, then a stop: every step is still computed."""
         rng = np.random.default_rng(sampling.seed)
         stops = set(stop_ids)
-        for _ in range(max_tokens):
-            token = choose_token(self.logits(), sampling, rng)
+        for i in range(max_tokens):
+            logits = self.logits()
+            token = scripted(script, i, stop_ids) if script is not None else choose_token(logits, sampling, rng)
             if token in stops:
                 return
             yield token
+            if guard and guard.add(token):
+                return
             self.eval_tokens([token])
 
-    def force(self, tokens: Ids[int]) -> Iterator[int]:
-        """Decode `tokens` whatever the logits say, computing every step as `decode` does
-        (benchmarks: a random-weight model then costs what a real one emitting them would)."""
-        for token in tokens:
-            self.logits()
-            yield token
-            self.eval_tokens([token])
-
-    def readout(self, tail: Ids[int], budget: int, stop_ids: Ids[int], draft: Ids[int] = ()) -> Readout:
+    def readout(self, tail: Ids[int], budget: int, stop_ids: Ids[int], draft: Ids[int] = (),
+                guard: LoopGuard | None = None, script: Ids[int] | None = None) -> Readout:
         """Evaluate `tail` (an instruction suffix) after the current positions, decode greedily
         and remove all of it again: the cache ends as it began. A `draft` (the previous
         readout) is verified in one batch; its agreeing prefix is kept, which gives the tokens
-        plain greedy decoding would."""
+        plain greedy decoding would. A tripped loop `guard` ends it, its loop trimmed. A
+        `script` stands in for the greedy choices, as in `decode`."""
         start, logits_before = self.n_past, self._logits
         stops = set(stop_ids)
         draft = list(draft[:budget])
         tokens: list[int] = []
         accepted = decoded = 0
+
+        def pick(logits: np.ndarray, position: int) -> int:
+            return scripted(script, position, stop_ids) if script is not None else int(np.argmax(logits))
+
         try:
             if draft:
-                logits = self.eval_tokens([*tail, *draft], all_logits=True)
-                predicted = np.argmax(logits[len(tail) - 1:], axis=1)
+                logits = self.eval_tokens([*tail, *draft], logits_from=len(tail) - 1)
+                predicted = [pick(row, position) for position, row in enumerate(logits)]
                 while accepted < len(draft) and predicted[accepted] == draft[accepted]:
                     accepted += 1
                 tokens = draft[:accepted]
                 self.truncate(start + len(tail) + accepted)
-                following = int(predicted[accepted])
+                following = predicted[accepted]
             else:
                 self.eval_tokens(tail)
-                following = int(np.argmax(self.logits()))
-            while following not in stops and len(tokens) < budget:
+                following = pick(self.logits(), 0)
+            looping = guard is not None and any(guard.add(token) for token in tokens)
+            while not looping and following not in stops and len(tokens) < budget:
                 tokens.append(following)
+                if guard is not None and guard.add(following):
+                    break
                 self.eval_tokens([following])
-                following = int(np.argmax(self.logits()))
+                following = pick(self.logits(), len(tokens))
                 decoded += 1
         finally:
             if self._engine.owns(self):
                 self.truncate(start)
                 self._logits = logits_before
-        return Readout(tokens, len(draft), accepted, decoded)
+        return Readout(guard.kept(tokens) if guard else tokens, len(draft), accepted, decoded,
+                       looped=bool(guard and guard.tripped))

@@ -51,13 +51,17 @@ def to_txt(segments: list[Segment], duration: float, language: str | None = None
     return "".join(f"{_one_line(s.text)}\n" for s in segments)
 
 
-def to_json(segments: list[Segment], duration: float, language: str | None = None) -> str:
+def to_json(segments: list[Segment], duration: float, language: str | None = None,
+            finish_reasons: list[str] | None = None) -> str:
+    """`finish_reasons`: why each window's decoding ended (TranscriptionInfo.finish_reasons)."""
     data = {
         "text": transcript_text(segments), "language": language, "duration": round(duration, 3),
         "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text,
                       "words": [{"start": w.start, "end": w.end, "text": w.text} for w in s.words]}
                      for i, s in enumerate(segments)],
     }
+    if finish_reasons is not None:
+        data["finish_reasons"] = finish_reasons
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -84,12 +88,14 @@ RENDERERS: dict[str, Callable[[list[Segment], float, str | None], str]] = {
 
 
 def write_transcript(segments: list[Segment], duration: float, language: str | None, formats: list[str],
-                     output_dir: Path, stem: str) -> list[Path]:
-    """Render every format first (a failure writes nothing), then write each atomically."""
+                     output_dir: Path, stem: str, finish_reasons: list[str] | None = None) -> list[Path]:
+    """Render every format first (a failure writes nothing), then write each atomically; the
+    JSON document also says why each window ended (`finish_reasons`)."""
     unknown = [f for f in formats if f not in RENDERERS]
     if unknown:
         raise InputError(f"unknown output format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    rendered = {f: RENDERERS[f](segments, duration, language) for f in formats}
+    rendered = {f: to_json(segments, duration, language, finish_reasons) if f == "json"
+                else RENDERERS[f](segments, duration, language) for f in formats}
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt, text in rendered.items():

@@ -26,6 +26,10 @@ KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type ids
 # llama_flash_attn_type. On CPU, flash attention rounds Q and the softmax through f16, so the
 # exact parity tests turn it off (docs/format.md#incremental-prefill).
 FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}
+# Most logits rows one batch asks llama.cpp for: its logits buffer (n_vocab floats a row, 0.6 MB
+# at Qwen3's vocabulary) grows to the largest such batch and stays that size.
+OUTPUT_ROWS = 32
+CONTEXT_STEP = 256  # an automatic context grows in steps of this many tokens
 
 
 _log_sink: Callable[[str], None] | None = None  # gets llama.cpp's log text; dropped when None
@@ -159,6 +163,13 @@ def _last_only(n: int) -> np.ndarray:
     return outputs
 
 
+def _token_batch(tokens: Sequence[int], lo: int, hi: int, start: int, seq: int, every: bool) -> _Batch:
+    """tokens[lo:hi] of sequence `seq` at positions start+lo..; the logits of every row or the last."""
+    outputs = np.ones(hi - lo, dtype=np.int8) if every else _last_only(hi - lo)
+    return _Batch(np.arange(start + lo, start + hi), np.full(hi - lo, seq), outputs,
+                  tokens=np.asarray(tokens[lo:hi], dtype=np.int32))
+
+
 def check_gguf_header(path: Path) -> None:
     if not path.is_file():
         raise BundleError(f"{path}: GGUF file not found")
@@ -169,9 +180,15 @@ def check_gguf_header(path: Path) -> None:
 
 class LlamaModel:
     """A loaded GGUF and one context: a KV cache that holds up to `n_seq` sequences, each
-    evaluated at positions its caller counts (engine.Sequence)."""
+    evaluated at positions its caller counts (engine.Sequence).
 
-    def __init__(self, path: Path, n_ctx: int = 8192, n_batch: int = 512,
+    `n_ctx=None` sizes the context to what calls ask for (`reserve`): it is made when first
+    needed and made again, larger, when a call needs more, never more than the model was
+    trained for. Its KV cache is most of the memory beyond the weights (at 4B, f16: 144 KiB
+    a token, 1.2 GB for 8192 tokens), so a 30 s window gets about 1 000 tokens, not 8192.
+    A number fixes the context at that size."""
+
+    def __init__(self, path: Path, n_ctx: int | None = None, n_batch: int = 512,
                  threads: int | None = None, gpu_layers: int = 0, kv_type: str = "f16",
                  flash_attention: str = "auto", n_seq: int = 1):
         if kv_type not in KV_CACHE_TYPES:
@@ -180,6 +197,7 @@ class LlamaModel:
             raise InputError(f"flash attention {flash_attention!r} not one of {sorted(FLASH_ATTENTION)}")
         _init_backend()
         check_gguf_header(path)
+        self.path = path
         model_params = C.llama_model_default_params()
         model_params.n_gpu_layers = gpu_layers
         model_params.use_extra_bufts = _cpu_extra_layouts_usable()
@@ -191,9 +209,9 @@ class LlamaModel:
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_embd = C.llama_model_n_embd(self.model)
         self.n_embd_inp = C.llama_model_n_embd_inp(self.model)
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
         threads = threads or os.cpu_count() or 1
-        ctx_params = C.llama_context_default_params()
-        ctx_params.n_ctx = n_ctx
+        self._ctx_params = ctx_params = C.llama_context_default_params()
         ctx_params.n_batch = n_batch
         ctx_params.n_ubatch = n_batch
         ctx_params.n_threads = threads
@@ -203,13 +221,37 @@ class LlamaModel:
         ctx_params.kv_unified = True  # the sequences share all n_ctx cells, whatever their lengths
         ctx_params.type_k = ctx_params.type_v = KV_CACHE_TYPES[kv_type]
         ctx_params.flash_attn_type = FLASH_ATTENTION[flash_attention]
-        self.ctx = C.llama_init_from_model(self.model, ctx_params)
-        if not self.ctx:
-            C.llama_model_free(self.model)
-            raise BundleError(f"{path}: llama.cpp could not create a context of {n_ctx} tokens")
-        self.n_ctx = C.llama_n_ctx(self.ctx)
+        self.ctx = None
+        self.n_ctx = 0  # tokens the context holds now
+        self.fixed_ctx = n_ctx is not None
         self.n_batch = n_batch
         self.n_seq = n_seq
+        if n_ctx is not None:
+            self._make_context(n_ctx)
+
+    def reserve(self, n_tokens: int) -> None:
+        """Make the context hold `n_tokens` (all sequences together). An automatic context
+        is made anew, rounded up to CONTEXT_STEP, which empties it: call before evaluating."""
+        if n_tokens <= self.n_ctx:
+            return
+        if self.fixed_ctx:
+            raise InputError(f"{n_tokens} tokens of context needed; the context holds {self.n_ctx} "
+                             "(n_ctx): use shorter audio, fewer output tokens or parallel sequences, "
+                             "or a larger n_ctx")
+        if n_tokens > self.n_ctx_train:
+            raise InputError(f"{n_tokens} tokens of context needed; the model was trained for "
+                             f"{self.n_ctx_train}: use shorter audio or fewer output tokens")
+        self._make_context(min(self.n_ctx_train, -(-n_tokens // CONTEXT_STEP) * CONTEXT_STEP))
+
+    def _make_context(self, n_ctx: int) -> None:
+        if self.ctx:
+            C.llama_free(self.ctx)
+            self.ctx, self.n_ctx = None, 0
+        self._ctx_params.n_ctx = n_ctx
+        self.ctx = C.llama_init_from_model(self.model, self._ctx_params)
+        if not self.ctx:
+            raise BundleError(f"{self.path}: llama.cpp could not create a context of {n_ctx} tokens")
+        self.n_ctx = C.llama_n_ctx(self.ctx)
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
@@ -263,23 +305,27 @@ class LlamaModel:
 
     def _check_room(self, end: int) -> None:
         if end > self.n_ctx:
-            raise InputError(f"a prompt of {end} tokens exceeds the context of {self.n_ctx}")
+            raise InputError(f"{end} tokens exceed the context of {self.n_ctx}"
+                             + ("" if self.fixed_ctx else " reserved for this call"))
 
     def eval_tokens(self, tokens: Sequence[int], start: int, seq: int = 0,
-                    all_logits: bool = False) -> np.ndarray:
+                    logits_from: int | None = None) -> np.ndarray:
         """Token batches at positions `start`.. of sequence `seq`, one position per token
         (llama.cpp expands them for M-RoPE). The logits after the last token [n_vocab], or
-        with `all_logits` after every token [len(tokens), n_vocab] (draft verification,
-        teacher forcing)."""
+        with `logits_from` after each of tokens[logits_from:] [n - logits_from, n_vocab]
+        (draft verification, teacher forcing). Those come OUTPUT_ROWS at a time: llama.cpp's
+        logits buffer grows to the most rows one batch returns (150k floats each at Qwen3)."""
         self._check_room(start + len(tokens))
-        collected: list[np.ndarray] = []
-        for lo in range(0, len(tokens), self.n_batch):
-            part = np.asarray(tokens[lo:lo + self.n_batch], dtype=np.int32)
-            outputs = np.ones(len(part), dtype=np.int8) if all_logits else _last_only(len(part))
-            collected.append(self._decode(_Batch(np.arange(start + lo, start + lo + len(part)),
-                                                 np.full(len(part), seq), outputs, tokens=part),
-                                          int(outputs.sum())))
-        return np.concatenate(collected) if all_logits else collected[-1][-1]
+        split = len(tokens) if logits_from is None else logits_from
+        last: np.ndarray | None = None
+        rows: list[np.ndarray] = []
+        for lo in range(0, split, self.n_batch):  # positions whose logits are not wanted
+            hi = min(split, lo + self.n_batch)
+            last = self._decode(_token_batch(tokens, lo, hi, start, seq, every=False), 1)[-1]
+        for lo in range(split, len(tokens), OUTPUT_ROWS):
+            hi = min(len(tokens), lo + OUTPUT_ROWS)
+            rows.append(self._decode(_token_batch(tokens, lo, hi, start, seq, every=True), hi - lo))
+        return last if logits_from is None else np.concatenate(rows)
 
     def eval_embeddings(self, rows: np.ndarray, start: int, seq: int = 0) -> np.ndarray:
         """Embedding batches of audio rows [n, n_embd_inp] at positions `start`..; the logits
@@ -304,5 +350,22 @@ class LlamaModel:
         """Forget sequence `seq`'s positions from `start` on."""
         C.llama_memory_seq_rm(C.llama_get_memory(self.ctx), seq, start, -1)
 
+    def seq_state(self, seq: int) -> bytes:
+        """Sequence `seq`'s KV cells (keys, values, positions), as llama.cpp's state API copies them."""
+        size = C.llama_state_seq_get_size(self.ctx, seq)
+        buffer = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self.ctx, buffer, size, seq)
+        if written != size:
+            raise RuntimeError(f"llama.cpp copied {written} of {size} bytes of sequence {seq}'s state")
+        return bytes(buffer)
+
+    def load_seq_state(self, seq: int, state: bytes) -> None:
+        """Put a `seq_state` copy back as sequence `seq` (its cells must be empty)."""
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if C.llama_state_seq_set_data(self.ctx, buffer, len(state), seq) != len(state):
+            raise RuntimeError(f"llama.cpp could not restore {len(state)} bytes of sequence state "
+                               "(no room in the context?)")
+
     def clear(self) -> None:
-        C.llama_memory_clear(C.llama_get_memory(self.ctx), True)
+        if self.ctx:
+            C.llama_memory_clear(C.llama_get_memory(self.ctx), True)

@@ -66,7 +66,7 @@ def synthetic_prompt(n: int, seed: int = 0) -> list[int]:
 def runtime_pass(engine: Engine, prompt: Ids[int], n_decode: int) -> tuple[float, float]:
     """(prefill s, decode s) of `prompt` and `n_decode` greedy tokens through the engine, the
     path behind transcribe, ask and stream."""
-    sequence = engine.start()
+    sequence = engine.start(room=len(prompt) + n_decode)
     started = time.perf_counter()
     sequence.eval_tokens(prompt)
     prefilled = time.perf_counter()
@@ -77,9 +77,9 @@ def runtime_pass(engine: Engine, prompt: Ids[int], n_decode: int) -> tuple[float
 
 def llm_rates(engine: Engine, prefill_tokens: int, decode_tokens: int, runs: int = RUNS) -> dict[str, float]:
     """Median prefill and decode tokens/s through the engine."""
-    if prefill_tokens + decode_tokens > engine.n_ctx:
+    if prefill_tokens + decode_tokens > engine.max_context:
         raise ValueError(f"{prefill_tokens} + {decode_tokens} tokens need n_ctx >= "
-                         f"{prefill_tokens + decode_tokens} (have {engine.n_ctx})")
+                         f"{prefill_tokens + decode_tokens} (have {engine.max_context})")
     prompt = synthetic_prompt(prefill_tokens)
     runtime_pass(engine, prompt[:16], 4)  # warm-up: thread pool and first-use allocations
     passes = [runtime_pass(engine, prompt, decode_tokens) for _ in range(runs)]

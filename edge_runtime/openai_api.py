@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -16,7 +17,8 @@ from .formats import transcript_text
 from .timestamps import Segment
 from .transcribe import TranscriptionInfo
 
-AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
+# labels only: load_audio reads the bytes whatever they say (libsndfile, else FFmpeg)
+AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg", "m4a", "aac", "mp4", "webm", "opus")
 DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this many limits, then cut off
 
 
@@ -84,11 +86,27 @@ def truthy(value: Any) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on")
 
 
-def number(value: Any, name: str, kind: type = float) -> Any:
+def number(value: Any, name: str, kind: type = float, minimum: float | None = None) -> Any:
+    """`value` as a finite `kind` of at least `minimum`: NaN, infinities and negative seeds or
+    temperatures would otherwise fail deep in sampling, as a 500."""
     try:
-        return kind(value)
-    except (TypeError, ValueError):
+        result = kind(value)
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
         raise ApiError(400, f"{name} must be a number, got {value!r}", param=name) from None
+    if not math.isfinite(result) or (minimum is not None and result < minimum):
+        raise ApiError(400, f"{name} must be a finite number{'' if minimum is None else f' >= {minimum}'}, "
+                            f"got {value!r}", param=name)
+    return result
+
+
+def json_object(body: dict, name: str) -> dict:
+    """An optional object-valued field (`stream_options`, `chat_template_kwargs`); {} when absent."""
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{name} must be an object, got {type(value).__name__}", param=name)
+    return value
 
 
 def timestamp_mode(response_format: str, granularities: list[str]) -> str:
@@ -160,6 +178,7 @@ def verbose_json(segments: list[Segment], info: TranscriptionInfo) -> dict:
         "task": "transcribe", "language": info.language, "duration": round(info.duration, 3),
         "text": transcript_text(segments),
         "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(segments)],
+        "finish_reasons": info.finish_reasons,  # ours: per window, "repetition" when the loop guard cut it
     }
     if info.timestamps == "word":
         data["words"] = [{"word": w.text, "start": w.start, "end": w.end} for s in segments for w in s.words]

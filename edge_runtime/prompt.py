@@ -38,6 +38,11 @@ MIN_TRANSCRIPTION_TOKENS = 64
 READOUT_EXTRA_TOKENS = 16
 ANSWER_TOKENS = 512  # answers to questions (`ask`, `run`, chat completions)
 
+# Assistant-turn prefix that skips the reasoning (Qwen3's `enable_thinking=False`).
+NO_THINKING = "<think>\n\n</think>\n\n"
+# Forced into the context when the thinking budget is spent (answer.py).
+END_THINKING = "\n</think>\n\n"
+
 
 def transcription_budget(mode: str, seconds: float) -> int:
     """The default output budget of one transcription window of `seconds` in `mode`."""
@@ -112,10 +117,25 @@ def prompt_tail(manifest: Manifest, tokenize: Callable[[str], list[int]], instru
     return [Tokens((manifest.tokens.audio_end,) + tuple(tokenize(text)))]
 
 
+def question_tail(manifest: Manifest, tokenize: Callable[[str], list[int]], question: str,
+                  thinking: bool | None = None) -> list[Piece]:
+    """The prompt after the audio for a question; `thinking=False` opens the assistant turn with
+    an empty reasoning block (Qwen3's `enable_thinking=False`), as its own token run."""
+    pieces = prompt_tail(manifest, tokenize, question)
+    if thinking is False:
+        pieces.append(Tokens(tuple(tokenize(NO_THINKING))))
+    return pieces
+
+
 def build_prompt(manifest: Manifest, tokenize: Callable[[str], list[int]], n_audio_tokens: int,
                  instruction: str, system: str | None = None) -> list[Piece]:
     return (prompt_head(manifest, tokenize, system) + audio_span(manifest, n_audio_tokens)
             + prompt_tail(manifest, tokenize, instruction))
+
+
+def prompt_length(pieces: list[Piece]) -> int:
+    """Positions the pieces take in the KV cache."""
+    return sum(len(p.ids) if isinstance(p, Tokens) else p.count for p in pieces)
 
 
 def flat_ids(pieces: list[Piece], audio_token: int) -> list[int]:

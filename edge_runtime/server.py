@@ -1,8 +1,10 @@
 """`moss-edge serve`: an OpenAI-compatible HTTP server for one bundle (needs the `server` extra).
 
 Endpoints: POST /v1/audio/transcriptions (multipart, as OpenAI's), POST /v1/chat/completions
-(`input_audio` content parts), GET /v1/models, GET /health. A llama.cpp context is not
-thread-safe, so inference runs one request at a time on one worker thread; up to
+(`input_audio` content parts), GET /v1/models, GET /health, the Realtime WebSocket
+/v1/realtime?intent=transcription (realtime.py) and the browser page at / (static/). A
+llama.cpp context is not thread-safe, so inference runs one request at a time on one worker
+thread (Realtime sessions as one job at a time each, docs/realtime.md); up to
 `max_queue` more wait, later ones get 429. Bodies over `max_body_bytes` get 413, requests
 past `timeout_s` 503 (still queued) or 504 (running, stopped between tokens or segments),
 bad input (an InputError) 400, anything else 500 with its traceback in the `moss_edge` log;
@@ -11,6 +13,7 @@ every error is OpenAI-style JSON and leaves the server serving.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import itertools
 import json
@@ -18,27 +21,32 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterator, Iterator
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from .answer import Answer, AnswerDelta, AnswerStream
 from .audio import AudioError
+from .audio_session import AudioSession
 from .errors import InputError
 from .formats import to_srt, to_vtt, transcript_text
 from .openai_api import (
-    ApiError, chat_inputs, drain, number, read_body, read_form, sse, timestamp_mode, truthy, usage, verbose_json)
+    ApiError, chat_inputs, drain, json_object, number, read_body, read_form, sse, timestamp_mode, truthy, usage, verbose_json)
 from .prompt import ANSWER_TOKENS
+from .realtime import RealtimeLimits, RealtimeService
 from .single_flight import QueueFull, QueueTimeout, RunTimeout, SingleFlight
 from .timestamps import Segment, join_text
 from .transcribe import MossAudio, TranscriptionInfo
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STATIC = Path(__file__).parent / "static"  # the browser page: plain files, no build step
 log = logging.getLogger("moss_edge")
 
 
@@ -51,6 +59,7 @@ class ServerConfig:
     timeout_s: float = 600.0  # per request, queueing included
     window_seconds: float = 30.0
     max_tokens: int = ANSWER_TOKENS  # chat default when the request names none
+    realtime: RealtimeLimits = RealtimeLimits()
 
 
 def api_error(exc: Exception) -> ApiError:
@@ -74,6 +83,8 @@ def api_error(exc: Exception) -> ApiError:
 
 def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
     flight = SingleFlight(config.max_queue)
+    recent_audio = RecentAudio(model)  # used by the flight's one worker only
+    realtime = RealtimeService(model, flight, config.model_id, config.api_key, config.timeout_s, config.realtime)
 
     async def authorize(request: Request) -> None:
         if config.api_key is None:
@@ -111,7 +122,7 @@ def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
             raise ApiError(400, "`prompt` is not supported by this model", param="prompt")
         audio = await upload.read()
         options = dict(timestamps=mode, language=form.get("language") or None,
-                       temperature=number(form.get("temperature", 0.0), "temperature"),
+                       temperature=number(form.get("temperature", 0.0), "temperature", minimum=0),
                        window_seconds=config.window_seconds)
 
         def setup() -> Iterator[Any]:
@@ -152,33 +163,33 @@ def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
         await authorize(request)
         try:
             body = json.loads(await read_body(request, config.max_body_bytes))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nesting past Python's limit
             raise ApiError(400, f"request body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         audio, question, system = chat_inputs(body)
-        kwargs = body.get("chat_template_kwargs") or {}
+        kwargs = json_object(body, "chat_template_kwargs")
         thinking = body.get("enable_thinking", kwargs.get("enable_thinking"))
         options = dict(
             thinking=None if thinking is None else bool(thinking), system=system,
             thinking_budget=None if body.get("thinking_budget") is None
-            else number(body["thinking_budget"], "thinking_budget", int),
+            else number(body["thinking_budget"], "thinking_budget", int, minimum=0),
             max_tokens=number(body.get("max_completion_tokens") or body.get("max_tokens") or config.max_tokens,
                                "max_tokens", int),
-            temperature=number(body.get("temperature", 0.0), "temperature"),
-            top_p=number(body.get("top_p", 1.0), "top_p"),
-            seed=None if body.get("seed") is None else number(body["seed"], "seed", int))
+            temperature=number(body.get("temperature", 0.0), "temperature", minimum=0),
+            top_p=number(body.get("top_p", 1.0), "top_p", minimum=0),
+            seed=None if body.get("seed") is None else number(body["seed"], "seed", int, minimum=0))
         if options["max_tokens"] < 1:
             raise ApiError(400, "max_tokens must be at least 1", param="max_tokens")
 
         def setup() -> Iterator[Any]:
-            return _then_answer(model.ask_stream(audio, question, **options))
+            return _then_answer(recent_audio.session(audio, options.pop("system")).ask_stream(question, **options))
 
         job = flight.submit(setup, config.timeout_s)
         await job.start()
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": config.model_id}
         if body.get("stream"):
-            with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            with_usage = bool(json_object(body, "stream_options").get("include_usage"))
             return StreamingResponse(_chat_events(job.items(), reply, with_usage), media_type="text/event-stream")
         answer = [item async for item in job.items()][-1]
         message = {"role": "assistant", "content": answer.text}
@@ -216,14 +227,39 @@ def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
     app = Starlette(
         routes=[Route("/health", health), Route("/v1/models", models),
                 Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-                Route("/v1/chat/completions", chat_completions, methods=["POST"])],
+                Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                WebSocketRoute("/v1/realtime", realtime.handle),
+                Route("/", lambda request: FileResponse(STATIC / "index.html")),
+                Mount("/static", StaticFiles(directory=STATIC))],
         # Starlette re-raises what reaches its `Exception` handler (uvicorn logs it again); the
         # expected failures are handled before that
         exception_handlers={HTTPException: on_http_error, Exception: on_error,
                             **dict.fromkeys((InputError, QueueFull, TimeoutError), on_error)},
         lifespan=lambda app: _stopping(flight))
     app.state.flight = flight
+    app.state.recent_audio = recent_audio
     return app
+
+
+class RecentAudio:
+    """The last chat request's audio, kept encoded and evaluated: a follow-up question about
+    the same clip (same bytes, same system prompt) costs only its own tokens (audio_session.py)."""
+
+    def __init__(self, model: MossAudio):
+        self._model = model
+        self._key: bytes | None = None
+        self._session: AudioSession | None = None
+        self.reused = 0
+
+    def session(self, audio: bytes, system: str | None) -> AudioSession:
+        key = hashlib.sha256(audio + b"\0" + (system or "").encode()).digest()
+        if key == self._key:
+            self.reused += 1
+        else:
+            self._key, self._session = None, None  # a bad clip leaves nothing behind
+            self._session = self._model.session(audio, system=system)
+            self._key = key
+        return self._session
 
 
 @contextlib.asynccontextmanager

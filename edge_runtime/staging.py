@@ -1,12 +1,14 @@
 """Write files and directories all at once: each is built under a hidden name beside its
 target and renamed into place only when complete, so a failed or interrupted run (Ctrl-C
-included) leaves neither a partial target nor the hidden one behind.
+included) leaves neither a partial target nor the hidden one behind; what a run killed outright
+(SIGKILL) left is cleared by the next write to the same target (docs/reliability.md#crash-safety).
 
 Transcripts, manifests, training state and whole bundles (export, quantize, the nano release)
 are all written this way.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from contextlib import contextmanager
@@ -23,7 +25,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     exception it is removed and `target` is left as it was."""
     target = Path(target)
     partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    _remove(partial)  # left behind by a run that was killed outright
+    _remove(partial)  # an earlier process with this PID, killed outright
+    _clear_killed_runs(target)
     try:
         yield partial
         if target.is_dir():  # os.replace cannot replace a directory: move the old one aside
@@ -62,6 +65,30 @@ def staged_bundle_dir(out: str | Path) -> Iterator[Path]:
     with atomic_path(out) as staging:
         staging.mkdir()
         yield staging
+
+
+def _clear_killed_runs(target: Path) -> None:
+    """What runs killed outright (SIGKILL, power loss) left beside `target`: their staging is
+    removed, and a previous `target` they had moved aside (killed between the two renames) is
+    put back if nothing replaced it. A leftover whose process still runs is left alone."""
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*-*")):
+        kind, _, pid = leftover.name[len(target.name) + 1:].rpartition("-")
+        if kind not in (".partial", ".old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if kind == ".old" and not target.exists():
+            os.replace(leftover, target)
+        else:
+            _remove(leftover)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 # `[12.34]`, also `[1:02.5]` / `[0:01:02.5]` and stray spaces inside the brackets.
 _STAMP = re.compile(r"\[\s*((?:\d{1,3}:){0,2}\d+(?:\.\d+)?)\s*\]")
@@ -130,12 +131,15 @@ def join_text(parts: list[str]) -> str:
     return out
 
 
+def remap(segment: Segment, to_file: Callable[[float | None, bool], float | None]) -> Segment:
+    """Move a segment (and its words) from span-relative to recording time: `to_file(t, is_end)`."""
+    return replace(segment, start=to_file(segment.start, False), end=to_file(segment.end, True),
+                   words=[replace(w, start=to_file(w.start, False), end=to_file(w.end, True)) for w in segment.words])
+
+
 def shift(segment: Segment, offset: float) -> Segment:
-    """Move a segment (and its words) from span-relative to recording time."""
-    def move(t: float | None) -> float | None:
-        return None if t is None else round(t + offset, 3)
-    return replace(segment, start=move(segment.start), end=move(segment.end),
-                   words=[replace(w, start=move(w.start), end=move(w.end)) for w in segment.words])
+    """Move a segment (and its words) by `offset` seconds."""
+    return remap(segment, lambda t, is_end: None if t is None else round(t + offset, 3))
 
 
 def parse_output(text: str, mode: str, duration: float) -> list[Segment]:

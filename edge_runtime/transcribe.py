@@ -13,19 +13,21 @@ from typing import Callable, Generator, Iterable, Iterator
 
 import numpy as np
 
-from .answer import END_THINKING, NO_THINKING, Answer, AnswerDelta, AnswerStream, ThinkTags, answer_events
+from .answer import Answer, AnswerDelta, AnswerStream, ThinkTags, answer_events
 from .audio import AudioSource, load_audio
+from .audio_session import AudioSession
 from .bundle import Bundle, load_bundle
 from .capture import Block, array_blocks
 from .device import DevicePlan, resolve_device
 from .engine import Engine, Sampling, Sequence
 from .errors import InputError
 from .features import SAMPLE_RATE
-from .prompt import (ANSWER_TOKENS, INSTRUCTIONS, TIMESTAMP_MODES, Piece, Tokens, build_prompt, flat_ids,
-                     transcription_budget, with_language)
+from .loop_guard import LoopGuardConfig, finish_reason, new_guard
+from .prompt import (ANSWER_TOKENS, END_THINKING, INSTRUCTIONS, TIMESTAMP_MODES, Piece, audio_span, build_prompt,
+                     prompt_head, prompt_length, question_tail, transcription_budget, with_language)
 from .stream import StreamConfig, StreamEvent, StreamingSession, stream_events
-from .timestamps import Segment, parse_output, shift
-from .windows import Window, plan_windows
+from .timestamps import Segment, parse_output, remap
+from .windows import SpeechFilter, Window, plan_speech_windows, plan_windows
 
 
 @dataclass
@@ -44,7 +46,11 @@ class TranscriptionInfo:
     timestamps: str  # the mode asked for
     language: str | None  # as given (MOSS-Audio does not report one)
     windows: list[tuple[float, float]]  # (start, end) seconds of each prompt's audio
+    speech_s: float = 0.0  # seconds the model hears: all of `duration`, or the speech vad_filter kept
     timings: dict[str, float] = field(default_factory=dict)  # filled in as segments are consumed
+    # why each window's decoding ended, as they are consumed: "stop" (the model's end token),
+    # "length" (max_tokens) or "repetition" (the loop guard; the loop is left out of the text)
+    finish_reasons: list[str] = field(default_factory=list)
 
 
 class MossAudio:
@@ -53,6 +59,7 @@ class MossAudio:
 
     `device` ("auto", "cpu", "cuda", "tensorrt", "metal") picks the encoder's onnxruntime
     providers and llama.cpp's GPU offload (see device.py); `gpu_layers` overrides the latter.
+    `loop_guard` stops a decode that repeats itself (loop_guard.py; None turns it off).
     `parallel` windows of a transcription are prefilled and then decoded together, one token
     of each per llama.cpp batch, sharing `n_ctx`. With `kv_type="f32"` and flash attention off
     they get the tokens they would get one at a time, to the bit; the f16 cache rounds the
@@ -62,9 +69,9 @@ class MossAudio:
     """
 
     def __init__(self, bundle: str | Path | Bundle, device: str = "auto", threads: int | None = None,
-                 n_ctx: int = 8192, gpu_layers: int | None = None, kv_type: str = "f16",
+                 n_ctx: int | None = None, gpu_layers: int | None = None, kv_type: str = "f16",
                  flash_attention: str = "auto", verify_hashes: bool = False, strict_device: bool = False,
-                 parallel: int = 1):
+                 parallel: int = 1, loop_guard: LoopGuardConfig | None = LoopGuardConfig()):
         bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_hashes)
         # a quantized bundle names the device it was made for (its preset); arguments win
         hints = bundle.manifest.quantization.get("runtime", {})
@@ -73,6 +80,11 @@ class MossAudio:
         threads = threads or hints.get("threads")
         gpu_layers = hints.get("gpu_layers") if gpu_layers is None else gpu_layers
         self.device: DevicePlan = resolve_device(device, strict_device)
+        self.loop_guard = loop_guard
+        # Benchmarks only (docs/benchmarks.md#forced-output): the text to decode for the audio
+        # between two times of the file, in place of what the model chooses; every step is still
+        # computed, so a random-weight model costs what a real one writing that text costs.
+        self.forced_output: Callable[[float, float], str] | None = None
         self.engine = Engine(bundle, self.device.providers,
                              self.device.gpu_layers if gpu_layers is None else gpu_layers,
                              threads=threads, n_ctx=n_ctx, kv_type=kv_type, flash_attention=flash_attention,
@@ -91,16 +103,17 @@ class MossAudio:
         self.engine.close()
 
     def prefill(self, rows: np.ndarray, instruction: str, system: str | None = None,
-               assistant_prefix: str = "") -> Sequence:
+                room: int = ANSWER_TOKENS) -> Sequence:
         """Take the context and evaluate the whole prompt over `rows`; the Sequence decodes the
-        reply. `assistant_prefix` is text the reply is taken to begin with."""
-        return self.engine.start(self._pieces(len(rows), instruction, system, assistant_prefix), rows)
+        reply, of up to `room` tokens."""
+        return self.engine.start(self._pieces(len(rows), instruction, system), rows, room)
 
-    def _pieces(self, n_rows: int, instruction: str, system: str | None, assistant_prefix: str = "") -> list[Piece]:
-        pieces = build_prompt(self.manifest, self.engine.tokenize, n_rows, instruction, system)
-        if assistant_prefix:
-            pieces.append(Tokens(tuple(self.engine.tokenize(assistant_prefix))))
-        return pieces
+    def _pieces(self, n_rows: int, instruction: str, system: str | None) -> list[Piece]:
+        return build_prompt(self.manifest, self.engine.tokenize, n_rows, instruction, system)
+
+    def _audio_head(self, n_rows: int, system: str | None) -> list[Piece]:
+        """The prompt up to the end of the audio: what a question's tail follows."""
+        return prompt_head(self.manifest, self.engine.tokenize, system) + audio_span(self.manifest, n_rows)
 
     def generate(self, audio: AudioSource, instruction: str, sample_rate: int | None = None,
                  max_tokens: int = ANSWER_TOKENS, temperature: float = 0.0, top_k: int = 50,
@@ -116,7 +129,7 @@ class MossAudio:
         rows = self.engine.encode(samples)
         timings["encode_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        sequence = self.prefill(rows, instruction, system)
+        sequence = self.prefill(rows, instruction, system, room=max_tokens)
         prompt_tokens = sequence.n_past
         timings["prefill_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -137,7 +150,7 @@ class MossAudio:
                    sample_rate: int | None = None, window_seconds: float = 30.0,
                    max_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None,
                    system: str | None = None, on_window: Callable[[int, int], None] | None = None,
-                   ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+                   vad_filter: bool | SpeechFilter = False) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """(segments, info): a lazy generator of Segment, one window of audio per prompt.
 
         `timestamps`: "none" (one segment per window, timed by the window), "sentence" or
@@ -145,64 +158,81 @@ class MossAudio:
         side the model left untimed is None. The audio is loaded (and checked) now, the work
         happens as the segments are consumed; `on_window(done, total)` follows the windows.
         `max_tokens` is per window (default: scaled to the window and the mode, prompt.py).
+        `vad_filter` (True, or a windows.SpeechFilter) feeds only the speech the voice activity
+        detector finds: long silences are skipped, times stay on the file's clock
+        (`info.speech_s` says how much audio the model heard).
         """
         if timestamps not in TIMESTAMP_MODES:
             raise InputError(f"timestamps={timestamps!r}: choose one of {', '.join(TIMESTAMP_MODES)}")
         instruction = with_language(INSTRUCTIONS[timestamps], language)
         budget = max_tokens or transcription_budget(timestamps, window_seconds)
-        self._check_context(window_seconds, instruction, system, budget)
+        positions = self._window_positions(window_seconds, instruction, system, budget)
         clock = time.perf_counter()
         samples = load_audio(audio, sample_rate)
-        windows = plan_windows(samples, window_seconds)
+        if vad_filter:
+            speech = vad_filter if isinstance(vad_filter, SpeechFilter) else SpeechFilter()
+            windows = plan_speech_windows(samples, window_seconds, config=speech)
+        else:
+            windows = plan_windows(samples, window_seconds)
         info = TranscriptionInfo(
             duration=len(samples) / SAMPLE_RATE, timestamps=timestamps, language=language,
             windows=[(w.start_s, w.end / SAMPLE_RATE) for w in windows],
+            speech_s=round(sum(w.duration_s for w in windows), 3),
             timings={"load_s": time.perf_counter() - clock, "encode_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0})
         segments = self._transcribe_windows(samples, windows, timestamps, instruction, budget,
-                                            Sampling(temperature, seed=seed), system, info.timings, on_window)
+                                            Sampling(temperature, seed=seed), system, positions, info, on_window)
         return segments, info
 
-    def _check_context(self, window_seconds: float, instruction: str, system: str | None, budget: int) -> None:
-        """Refuse up front a window whose prompt and output cannot fit the context."""
+    def _window_positions(self, window_seconds: float, instruction: str, system: str | None, budget: int) -> int:
+        """Positions one window's prompt and output take at most; refused up front when the
+        parallel windows cannot fit the context together."""
         rows = math.ceil(window_seconds * self.manifest.audio.tokens_per_second) + 1
         prompt = build_prompt(self.manifest, self.engine.tokenize, rows, instruction, system)
-        per_window = len(flat_ids(prompt, self.manifest.tokens.audio)) + budget
+        per_window = prompt_length(prompt) + budget
         needed = per_window * self.engine.n_seq  # the parallel windows share the context
-        if needed > self.engine.n_ctx:
+        if needed > self.engine.max_context:
             raise InputError(f"{self.engine.n_seq} window(s) of {window_seconds:g} s need {needed} tokens of "
                              f"context ({per_window} each: prompt and {budget} output tokens); the context "
-                             f"holds {self.engine.n_ctx}: use shorter windows, fewer output tokens, fewer "
+                             f"holds {self.engine.max_context}: use shorter windows, fewer output tokens, fewer "
                              "parallel windows or a larger n_ctx")
+        return per_window
 
     def _transcribe_windows(self, samples: np.ndarray, windows: list[Window], mode: str, instruction: str,
-                            budget: int, sampling: Sampling, system: str | None, timings: dict[str, float],
+                            budget: int, sampling: Sampling, system: str | None, positions: int,
+                            info: TranscriptionInfo,
                             on_window: Callable[[int, int], None] | None) -> Iterator[Segment]:
         # Each group of windows takes the context afresh and is decoded whole before its
         # segments are handed out, so a consumer may interleave other calls between segments.
-        stop = self.manifest.tokens.stop
+        stop, timings = self.manifest.tokens.stop, info.timings
         for first in range(0, len(windows), self.engine.n_seq):
             group = windows[first:first + self.engine.n_seq]
+            guards = [new_guard(self.loop_guard, self.engine.token_bytes, mode != "none", w.duration_s)
+                      for w in group]
+            scripts = [self._script(w.start_s, w.end / SAMPLE_RATE) for w in group]
             clock = time.perf_counter()
-            rows = [self.engine.encode(samples[w.start:w.end]) for w in group]
+            rows = [self.engine.encode(w.audio(samples)) for w in group]
             timings["encode_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
+            sequences = self.engine.start_group(len(group), positions)
+            for sequence, window_rows in zip(sequences, rows):
+                sequence.prefill(self._pieces(len(window_rows), instruction, system), window_rows)
+            prefilled = time.perf_counter()
             if len(group) == 1:  # one window: decoded token by token on its own
-                sequence = self.prefill(rows[0], instruction, system)
-                prefilled = time.perf_counter()
-                outputs = [list(sequence.decode(budget, stop, sampling))]
+                outputs = [list(sequences[0].decode(budget, stop, sampling, guards[0], scripts[0]))]
             else:
-                sequences = self.engine.start_group(len(group))
-                for sequence, window_rows in zip(sequences, rows):
-                    sequence.prefill(self._pieces(len(window_rows), instruction, system), window_rows)
-                prefilled = time.perf_counter()
-                outputs = self.engine.decode_together(sequences, budget, stop, sampling)
+                outputs = self.engine.decode_together(sequences, budget, stop, sampling, guards, scripts)
             timings["prefill_s"] += prefilled - clock
             timings["decode_s"] += time.perf_counter() - prefilled
-            for window, tokens in zip(group, outputs):
-                for segment in parse_output(self.engine.detokenize(tokens), mode, window.duration_s):
-                    yield shift(segment, window.start_s)
+            for window, tokens, guard in zip(group, outputs, guards):
+                info.finish_reasons.append(finish_reason(tokens, budget, guard))
+                for segment in parse_output(self.engine.detokenize(guard.kept(tokens) if guard else tokens),
+                                            mode, window.duration_s):
+                    yield remap(segment, window.file_time)
                 if on_window:
                     on_window(window.index + 1, len(windows))
+
+    def _script(self, start_s: float, end_s: float) -> list[int] | None:
+        return None if self.forced_output is None else self.engine.tokenize(self.forced_output(start_s, end_s))
 
     # --- questions -------------------------------------------------------------------------
 
@@ -224,7 +254,10 @@ class MossAudio:
         rows = self.engine.encode(samples)
         timings["encode_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        sequence = self.prefill(rows, question, system, NO_THINKING if thinking is False else "")
+        room = max_tokens + len(self.engine.tokenize(END_THINKING))  # the forced close is not counted
+        pieces = self._audio_head(len(rows), system) + question_tail(self.manifest, self.engine.tokenize, question,
+                                                                     thinking)
+        sequence = self.engine.start(pieces, rows, room)
         timings["prefill_s"] = time.perf_counter() - clock
         return AnswerStream(self._answer(sequence, len(samples) / SAMPLE_RATE, timings, max_tokens,
                                          thinking_budget, Sampling(temperature, top_k, top_p, seed)))
@@ -238,15 +271,26 @@ class MossAudio:
                 on_text(delta)
         return stream.answer
 
+    def session(self, audio: AudioSource, sample_rate: int | None = None, system: str | None = None) -> AudioSession:
+        """Audio to ask several questions about: encoded and evaluated once, now; each
+        `session.ask(question, ...)` then costs only the question's tokens and the answer,
+        and gives what `ask(audio, question, ...)` gives (audio_session.py)."""
+        clock = time.perf_counter()
+        samples = load_audio(audio, sample_rate)
+        rows = self.engine.encode(samples)
+        return AudioSession(self.engine, self._audio_head(len(rows), system), rows, len(samples) / SAMPLE_RATE,
+                            self._answer, encode_s=time.perf_counter() - clock)
+
     def _answer(self, sequence: Sequence, audio_seconds: float, timings: dict[str, float], max_tokens: int,
                 thinking_budget: int | None, sampling: Sampling) -> Generator[AnswerDelta, None, Answer]:
         prompt_tokens = sequence.n_past
         clock = time.perf_counter()
+        guard = new_guard(self.loop_guard, self.engine.token_bytes, timestamped=False)
         completion = yield from answer_events(
-            start=lambda n: sequence.decode(n, self.manifest.tokens.stop, sampling),
+            start=lambda n: sequence.decode(n, self.manifest.tokens.stop, sampling, guard),
             eval_tokens=sequence.eval_tokens, token_bytes=self.engine.token_bytes,
             tags=ThinkTags.find(self.engine.tokenize), max_tokens=max_tokens, thinking_budget=thinking_budget,
-            end_thinking=self.engine.tokenize(END_THINKING))
+            end_thinking=self.engine.tokenize(END_THINKING), guard=guard)
         timings["decode_s"] = time.perf_counter() - clock
         return Answer(**vars(completion), prompt_tokens=prompt_tokens, audio_seconds=audio_seconds,
                       timings=timings)
@@ -254,8 +298,11 @@ class MossAudio:
     # --- live ------------------------------------------------------------------------------
 
     def stream_session(self, timestamps: str = "sentence", **options) -> StreamingSession:
-        """A live session to `feed` 16 kHz blocks to and `finish`; `options` are StreamConfig fields."""
-        return StreamingSession(self.engine, StreamConfig(timestamps=timestamps, **options))
+        """A live session to `feed` 16 kHz blocks to, `ask_stream` questions about what it
+        heard, and `finish`; `options` are StreamConfig fields."""
+        options.setdefault("loop_guard", self.loop_guard)
+        options.setdefault("forced_output", self.forced_output)
+        return StreamingSession(self.engine, StreamConfig(timestamps=timestamps, **options), answer=self._answer)
 
     def stream(self, source: Iterable, timestamps: str = "sentence", sample_rate: int = SAMPLE_RATE,
                session: StreamingSession | None = None, **options) -> Iterator[StreamEvent]:

@@ -109,7 +109,7 @@ def trace(model: MossAudio, rows: np.ndarray, instruction: str, n: int,
     assert isinstance(last, Tokens)  # the prompt ends with the assistant turn's tokens
     sequence.truncate(prompt_end - 1)  # re-feeding the last prompt token gives its logits back
     forced = greedy if continuation is None else continuation
-    return Trace(greedy, sequence.eval_tokens([last.ids[-1], *forced[:-1]], all_logits=True))
+    return Trace(greedy, sequence.eval_tokens([last.ids[-1], *forced[:-1]], logits_from=0))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

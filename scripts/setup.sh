@@ -13,6 +13,8 @@ command -v sox >/dev/null || need_apt+=(sox)
 command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
 command -v paplay >/dev/null || need_apt+=(pulseaudio-utils)
 dpkg -s libasound2-plugins >/dev/null 2>&1 || need_apt+=(libasound2-plugins)
+# the browser page's test: headless Chromium with a fake microphone (Playwright drives it)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -28,5 +30,5 @@ python3 -m venv .venv
   || { echo "PyTorch's CPU wheel index unreachable: torch from the default index" >&2
        .venv/bin/pip install -q torch==2.13.0; }
 # llama-cpp-python compiles from source (about 10 minutes on 2 cores; pip caches the wheel).
-.venv/bin/pip install -q -e ".[export,quantize,server,mic,dev]"
+.venv/bin/pip install -q -e ".[export,quantize,server,mic,wyoming,batch,dev]"
 echo "set-up done: .venv/bin/moss-edge is ready"

@@ -1,6 +1,8 @@
 """The streaming path and its offline equivalent, shared by the streaming tests."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from edge_runtime.features import log_mel_frames, normalize_log_mel
@@ -32,7 +34,7 @@ def offline_choice_gaps(model: MossAudio, audio: np.ndarray, instruction: str, t
     rows = model.engine.encoder.encode(running_max_mel(audio))
     sequence = model.prefill(rows, instruction)
     first = sequence.logits()[None]
-    logits = np.concatenate([first, sequence.eval_tokens(tokens, all_logits=True)]) if tokens else first
+    logits = np.concatenate([first, sequence.eval_tokens(tokens, logits_from=0)]) if tokens else first
     best = logits.max(axis=1)
     chosen = logits[np.arange(len(tokens)), tokens]
     stop = logits[-1, list(model.manifest.tokens.stop)].max()
@@ -47,3 +49,15 @@ def run_session(model: MossAudio, audio: np.ndarray, block: int = 1600, **option
             events.append((session.clock, event))
     events += [(session.clock, e) for e in session.finish()]
     return session, events
+
+
+def slowed(session, seconds_per_block: float):
+    """`session` with a `feed` that first sleeps: a consumer slower than a fast live source."""
+    feed = session.feed
+
+    def slow_feed(samples, lag_s: float = 0.0):
+        time.sleep(seconds_per_block)
+        return feed(samples, lag_s)
+
+    session.feed = slow_feed
+    return session

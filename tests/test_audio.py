@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.audio import AudioError, load_audio, resample
+from edge_runtime.audio import AudioError, load_audio, pcm_frames, resample
 
 TARGET = 16000
 
@@ -151,6 +151,24 @@ def test_int16_stereo_array_at_8k() -> None:
     assert len(audio) == 2 * len(pcm)
     assert abs(_peak_hz(audio, TARGET) - 1000.0) <= 1.0
     assert abs(_level_db(_middle(audio)) - _level_db(_tone(1000.0, 8000))) <= 0.1
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_raw_pcm_of_every_width(width: int) -> None:
+    full_scale = 2 ** (8 * width - 1)
+    stereo = np.array([[0, full_scale // 2], [-full_scale, full_scale - 1]], dtype=np.int64)
+    little_endian = b"".join(int(v).to_bytes(width, "little", signed=True) for v in stereo.reshape(-1))
+    frames = pcm_frames(little_endian, width, channels=2)
+    np.testing.assert_array_equal(frames, (stereo / full_scale).astype(np.float32))
+
+
+@pytest.mark.parametrize(("data", "width", "channels", "message"),
+                         [(b"\0" * 4, 5, 1, "sample width must be 1, 2, 3 or 4"),
+                          (b"\0" * 4, 2, 0, "channels must be 1..32"),
+                          (b"\0" * 6, 2, 2, "6 bytes are not whole frames of 2 x 2 bytes")])
+def test_bad_raw_pcm(data: bytes, width: int, channels: int, message: str) -> None:
+    with pytest.raises(AudioError, match=message):
+        pcm_frames(data, width, channels)
 
 
 # -- resampler ---------------------------------------------------------------------

@@ -120,7 +120,7 @@ CASES = [
     Case(random_gguf_with_magic, False, False, ("llm.gguf", "llama.cpp could not load")),
     Case(truncated_gguf_manifest_updated, False, False, ("llm.gguf", "llama.cpp could not load")),
     Case(corrupt_onnx, True, True, ("encoder.onnx", "sha256 differs")),
-    Case(corrupt_onnx, False, False, ("encoder.onnx", "cannot load the ONNX audio encoder")),
+    Case(corrupt_onnx, False, True, ("encoder.onnx", "cannot load the ONNX audio encoder")),
     Case(gguf_of_other_bundle, True, False, ("llm.gguf", "mismatched files")),
 ]
 

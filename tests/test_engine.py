@@ -9,8 +9,9 @@ import pytest
 from edge_runtime.bundle import load_bundle
 from edge_runtime.device import CPU
 from edge_runtime.engine import Engine
-from edge_runtime.errors import ContextTaken
-from edge_runtime.prompt import TRANSCRIBE, build_prompt
+from edge_runtime.errors import ContextTaken, InputError
+from edge_runtime.llm import CONTEXT_STEP
+from edge_runtime.prompt import SENTENCE_TIMESTAMPS, TRANSCRIBE, build_prompt
 from edge_runtime.transcribe import MossAudio
 
 
@@ -54,14 +55,17 @@ def test_interleaved_transcriptions_finish_cleanly_with_their_own_text(model, sp
     assert got == alone
 
 
-def test_a_live_session_goes_stale_when_another_call_takes_the_context(model, speech):
+def test_a_live_session_takes_its_window_back_after_another_call(model, speech):
+    """A call between two blocks (a server request) takes the context; the session evaluates
+    its open window's prompt again from the encoder rows it kept and goes on."""
     session = model.stream_session(timestamps="none", partial_tokens=4, final_tokens=4)
     audio = np.concatenate([np.zeros(8000, np.float32), speech[: 10 * 16000]])
     session.feed(audio[: 6 * 16000])
     assert session.window is not None  # speech opened a window that holds the cache
     model.generate(audio[:16000], TRANSCRIBE, max_tokens=2)
-    with pytest.raises(ContextTaken):
-        session.feed(audio[6 * 16000:])
+    events = session.feed(audio[6 * 16000:]) + session.finish()
+    assert session.reclaimed == 1
+    assert [e for e in events if e.type == "final"]
 
 
 def test_a_readout_leaves_the_cache_as_it_found_it(model, clip):
@@ -86,10 +90,11 @@ def test_forced_decoding_feeds_the_given_tokens_and_computes_every_step(model, c
     want = engine.tokenize("[0.00]turn on the lights[1.50]")
     sequence = model.prefill(rows, TRANSCRIBE)
     start = sequence.n_past
-    assert list(sequence.force(want)) == want
+    stop = model.manifest.tokens.stop
+    assert list(sequence.decode(100, stop, script=want)) == want  # then the stop: decoding ends
     assert sequence.n_past == start + len(want)
     forced = sequence.logits()
-    teacher = model.prefill(rows, TRANSCRIBE).eval_tokens(want, all_logits=True)
+    teacher = model.prefill(rows, TRANSCRIBE).eval_tokens(want, logits_from=0)
     np.testing.assert_allclose(forced, teacher[-1], rtol=0, atol=1e-3 * np.abs(teacher).max())
 
 
@@ -112,3 +117,31 @@ def test_sequences_decoded_together_give_what_each_gives_alone(tiny_bundles, spe
     engine.start()
     with pytest.raises(ContextTaken):
         engine.decode_together(group, 4, stop)
+
+
+def test_an_automatic_context_is_sized_to_each_call_and_changes_no_token(tiny_bundles, clip, speech):
+    fixed = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=8192)
+    auto = MossAudio(tiny_bundles["k2"], threads=1)  # n_ctx=None: sized to each call
+    assert auto.engine.n_ctx == 0  # nothing is reserved before a call needs it
+
+    def transcript(model: MossAudio) -> list:
+        segments, _ = model.transcribe(clip, timestamps="sentence", max_tokens=40)
+        return list(segments)
+
+    assert transcript(auto) == transcript(fixed)
+    positions = auto._window_positions(30.0, SENTENCE_TIMESTAMPS, None, 40)
+    assert auto.engine.n_ctx == -(-positions // CONTEXT_STEP) * CONTEXT_STEP < 8192
+
+    # a question over 20 s of audio with a large budget needs more: the context grows for it
+    long_clip = speech[: 20 * 16000]
+    assert (auto.ask(long_clip, "What is said?", max_tokens=700).token_ids
+            == fixed.ask(long_clip, "What is said?", max_tokens=700).token_ids)
+    assert auto.engine.n_ctx > positions
+    grown = auto.engine.n_ctx
+    assert transcript(auto) == transcript(fixed) and auto.engine.n_ctx == grown  # it never shrinks
+
+
+def test_a_fixed_context_refuses_what_it_cannot_hold(tiny_bundles, clip):
+    small = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=256)
+    with pytest.raises(InputError, match="context"):
+        small.ask(clip, "What is said?", max_tokens=400)

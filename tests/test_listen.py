@@ -3,17 +3,28 @@ monitor (speech played into the sink with paplay), a file played at real-time pa
 input device that disappears mid-stream."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 from cli_helpers import MOSS_EDGE
+
+from edge_runtime.audio import load_audio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from soak import out_of_order, score, speech_with_pauses  # noqa: E402
 
 
 def _pactl(*args: str) -> str:
@@ -126,13 +137,38 @@ def test_listen_file_at_realtime_pace(tiny_bundles, speech_wav):
     check_times(events, duration=duration + 0.5)
 
 
-def test_a_slow_consumer_loses_input_and_is_told(sink, monkeypatch):
-    """The capture callback never blocks: when the bounded queue is full, input is dropped
-    and the next block reports how much."""
+def test_a_slow_consumer_gets_every_captured_sample_late(sink, speech_wav, monkeypatch, tmp_path):
+    """Real capture that the consumer leaves alone for 1.5 s: the blocks wait in the spool
+    (spilled to disk past 0.3 s), none is dropped, and the recording holds exactly them."""
     from edge_runtime.capture import microphone_blocks
 
     monkeypatch.setenv("PULSE_SOURCE", f"{sink}.monitor")
-    blocks = microphone_blocks("pulse", block_s=0.1, queue_seconds=0.3)
+    player = subprocess.Popen(["paplay", f"--device={sink}", str(speech_wav)])
+    blocks = microphone_blocks("pulse", block_s=0.1, memory_s=0.3, spool_dir=tmp_path, record=tmp_path / "r.wav")
+    try:
+        received = [next(blocks)]
+        time.sleep(1.5)  # 15 blocks arrive meanwhile
+        while sum(len(b.samples) for b in received) < 1.5 * 16000:
+            received.append(next(blocks))
+    finally:
+        blocks.close()
+        player.kill()
+    assert max(b.spooled_s for b in received) >= 0.8  # waited on disk...
+    assert not any(b.dropped_samples or b.xrun for b in received)  # ...and nothing was lost
+    assert max(time.monotonic() - b.captured_at for b in received) >= 1.0  # handed out late
+    recorded, _ = soundfile.read(tmp_path / "r.wav", dtype="float32")
+    handed_out = np.concatenate([b.samples for b in received])
+    assert len(recorded) >= len(handed_out)
+    assert np.abs(recorded[: len(handed_out)] - handed_out).max() <= 1 / 32768
+
+
+def test_the_device_queue_overflows_only_when_nobody_drains_it_and_says_so(sink, monkeypatch):
+    """Without a LiveCapture's thread, the PortAudio callback still never blocks: when its
+    queue is full, input is dropped and the next block reports how much."""
+    from edge_runtime.capture import device_blocks
+
+    monkeypatch.setenv("PULSE_SOURCE", f"{sink}.monitor")
+    blocks = device_blocks("pulse", block_s=0.1, queue_seconds=0.3)
     try:
         next(blocks)
         time.sleep(1.5)  # 15 blocks arrive, 3 fit
@@ -140,6 +176,56 @@ def test_a_slow_consumer_loses_input_and_is_told(sink, monkeypatch):
     finally:
         blocks.close()
     assert dropped >= 0.8 * 16000
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory):
+    """Three minutes of spoken commands with pauses, and the file."""
+    clip = speech_with_pauses(180.0, seed=1, distinct=10)
+    path = tmp_path_factory.mktemp("listen") / "commands.wav"
+    soundfile.write(path, clip.audio, 16000, subtype="PCM_16")
+    return clip, path
+
+
+def _listen_and_interrupt(path, *args: str, interrupts: int) -> Listener:
+    """`listen nano --input PATH --pace 100 ...`, sent SIGINT `interrupts` times (0.2 s apart)
+    once its first final event is out. Played 100x faster than real time, the file is captured
+    faster than nano transcribes it (about 20x on two cores), and not all of it yet."""
+    listener = Listener("nano", "--input", str(path), "--pace", "100", "--threads", "1", *args)
+    listener.wait_for(lambda e: e["type"] == "final", timeout=120)
+    for _ in range(interrupts):
+        listener.process.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    return listener
+
+
+def test_ctrl_c_stops_capturing_and_still_transcribes_what_was_captured(commands):
+    clip, path = commands
+    events = _listen_and_interrupt(path, interrupts=1).finish(timeout=120)
+    stopping = next(e for e in events if e.get("state") == "stopping")
+    assert stopping["captured_s"] > stopping["heard_s"] + 2.0  # a backlog was waiting
+    done = events[-1]
+    assert done["state"] == "done" and done["audio_s"] == pytest.approx(stopping["captured_s"], abs=0.11)
+    assert done["audio_s"] < len(clip.audio) / 16000 - 5.0  # the capture did stop early
+    captured = dataclasses.replace(clip, sentences=[s for s in clip.sentences if s.end < done["audio_s"] - 0.5])
+    finals = [e for e in events if e["type"] == "final" and e["start"] < done["audio_s"] - 0.5]
+    figures = score(finals, captured)  # every utterance captured before Ctrl-C is finalised, once
+    assert figures["utterances"] >= 3 and figures["utterances_finalised"] == figures["utterances"]
+    assert figures["utterances_finalised_twice"] == 0 and out_of_order(events) == 0
+
+
+def test_a_second_ctrl_c_abandons_the_backlog_and_says_where_it_was_recorded(commands, tmp_path):
+    clip, path = commands
+    record = tmp_path / "kept.wav"
+    listener = _listen_and_interrupt(path, "--record", str(record), interrupts=2)
+    assert listener.process.wait(timeout=60) == 130
+    message = listener.process.stderr.read().strip().splitlines()[-1]
+    left = float(message.split("abandoned: ", 1)[1].split(" s ", 1)[0])
+    assert left > 2.0 and f"everything captured is recorded in {record}" in message
+    recorded, _ = soundfile.read(record, dtype="float32")
+    heard = max(e.get("end") or 0.0 for _, e in listener.lines)
+    assert len(recorded) / 16000 >= heard + left - 0.2  # what was heard and what was left, all kept
+    assert np.array_equal(recorded, load_audio(path)[: len(recorded)])
 
 
 def test_readme_demo_listens_to_the_microphone_with_the_nano_model(sink, tmp_path):

@@ -169,7 +169,7 @@ def open_for_fidelity(path: Path) -> MossAudio:
 def forced_logits(model: MossAudio, rows: np.ndarray, instruction: str, continuation: list[int]) -> np.ndarray:
     """The next-token logits before each continuation token, in one fresh prefill."""
     sequence = model.prefill(rows, instruction)
-    return np.vstack([sequence.logits(), sequence.eval_tokens(continuation[:-1], all_logits=True)])
+    return np.vstack([sequence.logits(), sequence.eval_tokens(continuation[:-1], logits_from=0)])
 
 
 def softmax64(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import socket
@@ -22,9 +23,12 @@ from typing import Iterator
 
 import openai
 import pytest
+import soundfile as sf
 from cli_helpers import MOSS_EDGE
+from encoded_audio import M4A, encode
 from fake_generation import script_outputs
 
+from edge_runtime.audio_session import AudioSession
 from edge_runtime.engine import Sequence
 from edge_runtime.server import ServerConfig, make_server
 from edge_runtime.transcribe import MossAudio
@@ -155,6 +159,20 @@ def test_chat_completion_with_audio(client, wav):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
 
 
+def test_follow_up_questions_about_the_same_audio_reuse_it(model, wav, speech_wav):
+    """Consecutive chat requests with the same clip: the audio is encoded and evaluated once;
+    each answer is what a fresh `ask` gives."""
+    questions = ["What is said?", "How does the speaker sound?", "Name one word."]
+    with running(model) as (url, app):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+        replies = [client.chat.completions.create(model="moss-tiny", messages=audio_message(wav, q), max_tokens=6)
+                   for q in questions]
+        assert app.state.recent_audio.reused == len(questions) - 1
+    for question, reply in zip(questions, replies):
+        fresh = model.ask(speech_wav, question, system="Be brief.", max_tokens=6)
+        assert reply.choices[0].message.content == fresh.text
+
+
 def test_chat_completion_returns_reasoning_apart(client, model, wav, monkeypatch):
     script_outputs(monkeypatch, model, ["<think>\nA calm voice.\n</think>\n\nNeutral.", "<think>\nA calm voice."
                                         "\n</think>\n\nNeutral."])
@@ -166,6 +184,17 @@ def test_chat_completion_returns_reasoning_apart(client, model, wav, monkeypatch
     reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks)
     assert reasoning.strip() == "A calm voice."
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Neutral."
+
+
+def test_m4a_upload_and_input_audio(client, wav):
+    """A phone's m4a (AAC) goes through FFmpeg: all of its audio is transcribed."""
+    pcm, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    m4a = encode(pcm, rate, M4A)
+    result = client.audio.transcriptions.create(model="moss-tiny", file=("memo.m4a", m4a),
+                                                response_format="verbose_json")
+    assert abs(result.duration - len(pcm) / rate) < 0.1
+    reply = client.chat.completions.create(model="moss-tiny", messages=audio_message(m4a, fmt="m4a"), max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length")
 
 
 # --- bad requests: 4xx, OpenAI-style, and the server keeps serving -------------------------
@@ -184,7 +213,7 @@ def test_a_bug_is_a_500_with_its_traceback_logged_and_the_server_keeps_serving(u
                                                                                 monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise bug
-    monkeypatch.setattr(model, "ask_stream", broken)
+    monkeypatch.setattr(AudioSession, "ask_stream", broken)
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(model="moss-tiny", messages=audio_message(wav), max_tokens=2)
     assert err.value.status_code == 500 and err.value.body["type"] == "server_error"

@@ -11,6 +11,7 @@ import pytest
 from edge_runtime.audio import resample
 from edge_runtime.capture import StreamResampler, array_blocks
 from edge_runtime.features import LogMelStream, log_mel_spectrogram
+from edge_runtime.llm import OUTPUT_ROWS
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, TRANSCRIBE
 from edge_runtime.transcribe import MossAudio
 from edge_runtime.vad import VoiceActivity
@@ -146,8 +147,9 @@ def test_window_rolls_over_at_the_length_limit(model, speech):
 
 
 def test_all_logits_equal_one_token_at_a_time(model):
-    ids = model.engine.tokenize("Hello there, how are you today? 12345")
-    batch = model.engine.start().eval_tokens(ids, all_logits=True)
+    ids = model.engine.tokenize("Hello there, how are you today? 12345 " * 6)  # several OUTPUT_ROWS batches
+    assert len(ids) > 2 * OUTPUT_ROWS
+    batch = model.engine.start().eval_tokens(ids, logits_from=0)
     sequence = model.engine.start()
     single = []
     for token in ids:

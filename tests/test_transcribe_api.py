@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fake_generation import script_outputs
 
-from edge_runtime.answer import END_THINKING, NO_THINKING
+from edge_runtime.prompt import END_THINKING, NO_THINKING
 from edge_runtime.audio import AudioError
 from edge_runtime.device import CPU, DeviceError, resolve_device
 from edge_runtime.errors import InputError
@@ -103,9 +103,9 @@ def test_word_timestamps_give_segments_with_words(model, speech, monkeypatch):
 
 def test_language_and_mode_choose_the_instruction(model, speech, monkeypatch):
     seen: list[str] = []
-    prefill = model.prefill
-    monkeypatch.setattr(model, "prefill",
-                        lambda rows, instruction, *a: seen.append(instruction) or prefill(rows, instruction, *a))
+    pieces = model._pieces
+    monkeypatch.setattr(model, "_pieces",
+                        lambda n_rows, instruction, *a: seen.append(instruction) or pieces(n_rows, instruction, *a))
     script_outputs(monkeypatch, model, ["hello"] * 2)
     list(model.transcribe(speech, timestamps="none", language="zh")[0])
     list(model.transcribe(speech, timestamps="word")[0])

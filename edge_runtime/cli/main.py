@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import InputError
-from . import bench, bundle, demo, exit_codes, live, serve, transcribe
+from . import batch, bench, bundle, demo, exit_codes, live, serve, transcribe, wyoming
 
 log = logging.getLogger("moss_edge")
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moss-edge", description="MOSS-Audio on the edge")
     parser.add_argument("--version", action="version", version=f"moss-audio-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (transcribe, live, bundle, demo, serve, bench):
+    for commands in (transcribe, batch, live, bundle, demo, serve, wyoming, bench):
         commands.add_parsers(sub)
     return parser
 

@@ -13,15 +13,20 @@ def add_model_options(parser: argparse.ArgumentParser, windows: bool = False) ->
     parser.add_argument("--device", default="auto",
                         help="compute device: auto, cpu, cuda, tensorrt or metal (default: auto)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--n-ctx", type=int, default=8192, help="LLM context in tokens")
+    parser.add_argument("--n-ctx", type=int, default=None,
+                        help="LLM context in tokens (default: sized to each call's prompt and output budget)")
     parser.add_argument("--verify", action="store_true", help="check the bundle's file hashes before loading")
+    parser.add_argument("--no-loop-guard", dest="loop_guard", action="store_false",
+                        help="decode to the token budget even when the output repeats itself")
     if windows:
         parser.add_argument("--parallel", type=int, default=1, metavar="N",
                             help="decode up to N windows of a file together (same output; default 1)")
 
 
 def load_model(args: argparse.Namespace):
+    from ..loop_guard import LoopGuardConfig
     from ..transcribe import MossAudio  # loads onnxruntime and llama.cpp: only once a command runs
 
     return MossAudio(args.bundle, device=args.device, threads=args.threads, n_ctx=args.n_ctx,
-                     verify_hashes=args.verify, parallel=getattr(args, "parallel", 1))
+                     verify_hashes=args.verify, parallel=getattr(args, "parallel", 1),
+                     loop_guard=LoopGuardConfig() if args.loop_guard else None)

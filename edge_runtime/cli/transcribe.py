@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def _formats(value: str) -> list[str]:
+def format_list(value: str) -> list[str]:
+    """`--format`'s type: comma-separated format names, or `all`."""
     names = list(FORMATS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
@@ -76,8 +77,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     for audio in args.audio:
         try:
             segments, info = model.transcribe(
-                audio, timestamps=args.timestamps, language=args.language, window_seconds=args.window_seconds,
-                max_tokens=args.max_tokens, temperature=args.temperature,
+                audio, **transcription_options(args),
                 on_window=_progress(audio.name, args.progress if args.progress is not None else sys.stderr.isatty()))
         except AudioError as exc:  # this file is unusable; the others may still be fine
             print(f"error: {exc}", file=sys.stderr)
@@ -90,7 +90,8 @@ def _transcribe(args: argparse.Namespace) -> int:
                 print(f"[{_stamp(segment.start)} --> {_stamp(segment.end)}]  {segment.text}", flush=True)
         if args.format:
             try:
-                paths = write_transcript(done, info.duration, args.language, args.format, args.output_dir, audio.stem)
+                paths = write_transcript(done, info.duration, args.language, args.format, args.output_dir, audio.stem,
+                                         info.finish_reasons)
             except OSError as exc:
                 print(f"error: cannot write the transcript of {audio}: {exc}", file=sys.stderr)
                 return exit_codes.FAILURE
@@ -123,6 +124,25 @@ def _ask(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def add_transcription_options(parser: argparse.ArgumentParser) -> None:
+    """What decides a transcript's text (shared with `batch`, whose outputs must equal these)."""
+    parser.add_argument("--timestamps", choices=["none", "sentence", "word"], default="sentence")
+    parser.add_argument("--language", default=None, help="the spoken language, e.g. en or zh (a hint)")
+    parser.add_argument("--window-seconds", type=float, default=30.0, help="audio per prompt (default 30)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="most tokens per window (default: scaled to the window and --timestamps)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--vad", action="store_true",
+                        help="transcribe only the speech a voice activity detector finds, skipping long silences "
+                             "(times stay on the file's clock; needs the mic extra's webrtcvad)")
+
+
+def transcription_options(args: argparse.Namespace) -> dict:
+    """Those options as MossAudio.transcribe's keyword arguments."""
+    return {"timestamps": args.timestamps, "language": args.language, "window_seconds": args.window_seconds,
+            "max_tokens": args.max_tokens, "temperature": args.temperature, "vad_filter": args.vad}
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run a bundle on one audio file with one prompt")
     add_model_options(run)
@@ -141,15 +161,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     transcribe = sub.add_parser("transcribe", help="transcribe audio files, with sentence or word timestamps")
     add_model_options(transcribe, windows=True)
     transcribe.add_argument("audio", type=Path, nargs="+")
-    transcribe.add_argument("--timestamps", choices=["none", "sentence", "word"], default="sentence")
-    transcribe.add_argument("--language", default=None, help="the spoken language, e.g. en or zh (a hint)")
-    transcribe.add_argument("--format", type=_formats, default=[],
+    add_transcription_options(transcribe)
+    transcribe.add_argument("--format", type=format_list, default=[],
                             help=f"files to write: comma-separated {','.join(FORMATS)}, or all (default: none)")
     transcribe.add_argument("--output-dir", type=Path, default=Path("."))
-    transcribe.add_argument("--window-seconds", type=float, default=30.0, help="audio per prompt (default 30)")
-    transcribe.add_argument("--max-tokens", type=int, default=None,
-                            help="most tokens per window (default: scaled to the window and --timestamps)")
-    transcribe.add_argument("--temperature", type=float, default=0.0)
     transcribe.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                             help="report windows done on stderr (default: when stderr is a terminal)")
     transcribe.add_argument("--quiet", action="store_true", help="do not print segments")
