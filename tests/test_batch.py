@@ -87,7 +87,8 @@ def test_batch_writes_what_transcribe_writes_survives_ctrl_c_and_lists_bad_files
             run.kill()
             run.wait()
     interrupted = json.loads((out / SUMMARY).read_text())
-    assert interrupted["interrupted"] and 1 <= interrupted["done"] < 9
+    # on a fast machine the other files may all be in before the signal lands (in Ray's shutdown)
+    assert interrupted["interrupted"] and 1 <= interrupted["done"] <= 9
     assert len((out / LEDGER).read_text().splitlines()) == interrupted["done"]  # each finished file is in
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial transcript
     for path in out.iterdir():

@@ -29,7 +29,7 @@ from edge_runtime.transcribe import MossAudio
 from moss_audio_edge.export.nano import corpus
 
 from stream_helpers import offline_tokens, run_session, running_max_mel
-from test_server import KEY, running
+from test_server import KEY, running, wait_for
 
 SR = 16000
 BLOCK_S = 0.04  # 40 ms appends, as OpenAI's examples send
@@ -116,9 +116,23 @@ def model(tiny_bundles) -> MossAudio:
 
 
 @pytest.fixture(scope="module")
-def server(model) -> Iterator[str]:
-    with running(model, realtime=RealtimeLimits(max_sessions=1, max_message_bytes=64_000)) as (base, _):
-        yield base
+def served(model) -> Iterator[tuple[str, object]]:
+    with running(model, realtime=RealtimeLimits(max_sessions=1, max_message_bytes=64_000)) as (base, app):
+        yield base, app
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    return served[0]
+
+
+@pytest.fixture
+def idle_model(model, served) -> MossAudio:
+    """The model, for direct calls once the server's worker has no job left: llama.cpp's
+    context serves one thread at a time (a session freed at a disconnect may still be
+    finishing the block it was on)."""
+    wait_for(lambda: served[1].state.flight.jobs == 0, seconds=60)
+    return model
 
 
 @pytest.fixture
@@ -257,7 +271,8 @@ def loud_start(speech) -> np.ndarray:
 QUESTION = "What did the speaker ask for?"
 
 
-def test_live_ask_equals_offline_ask_without_encoding_or_prefilling_audio(model, loud_start, monkeypatch):
+def test_live_ask_equals_offline_ask_without_encoding_or_prefilling_audio(idle_model, loud_start, monkeypatch):
+    model = idle_model
     session, _ = run_session(model, loud_start, block=640)
     start, end, _ = session.closed_windows[-1]  # the utterance that just ended
     window = loud_start[start:end]
@@ -280,13 +295,14 @@ def test_live_ask_equals_offline_ask_without_encoding_or_prefilling_audio(model,
     assert live.answer.prompt_tokens == offline.prompt_tokens
 
 
-def test_response_create_answers_from_the_sessions_audio(model, client, loud_start):
+def test_response_create_answers_from_the_sessions_audio(model, served, client, loud_start):
     client.send({"type": "session.update", "session": {"input_audio_format": PCM16K}})
     client.stream(pcm16(loud_start), paced=False)
     item = client.wait("conversation.item.input_audio_transcription.completed", 2)[-1]
     client.send({"type": "response.create", "response": {"instructions": QUESTION, "max_output_tokens": 20}})
     done = client.wait("response.done")[0]["response"]
     start, end = round(item["audio_start_s"] * SR), round(item["audio_end_s"] * SR)
+    wait_for(lambda: served[1].state.flight.jobs == 0, seconds=60)  # the model serves one thread at a time
     offline = model.ask(loud_start[start:end], QUESTION, max_tokens=20)
     text = done["output"][0]["content"][0]["text"]
     assert text == offline.text == client.wait("response.text.done")[0]["text"]
