@@ -36,6 +36,9 @@ def _batch(args: argparse.Namespace) -> int:
 
     if not args.format:
         raise InputError("--format names no format: a batch writes at least one")
+    # SIGINT stops the batch cleanly even where it started ignored (a job started with `&` by a
+    # script inherits that), so `kill -INT` always works, as Ctrl-C does on a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     bundle = load_bundle(args.bundle, args.verify)  # a broken bundle is refused before Ray starts
     settings = {**transcription_options(args), "formats": args.format, "device": args.device,
                 "n_ctx": args.n_ctx, "parallel": args.parallel, "loop_guard": args.loop_guard}
