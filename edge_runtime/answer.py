@@ -135,5 +135,12 @@ class AnswerStream:
     def __iter__(self) -> Iterator[AnswerDelta]:
         self.answer = yield from self._events
 
+    def collect(self, on_text: Callable[[AnswerDelta], None] | None = None) -> Answer:
+        """Consume the deltas (each to `on_text`, if given) and return the whole Answer."""
+        for delta in self:
+            if on_text:
+                on_text(delta)
+        return self.answer
+
     def close(self) -> None:
         self._events.close()

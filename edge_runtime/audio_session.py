@@ -54,11 +54,7 @@ class AudioSession:
                                          Sampling(temperature, top_k, top_p, seed)))
 
     def ask(self, question: str, on_text: Callable[[AnswerDelta], None] | None = None, **options) -> Answer:
-        stream = self.ask_stream(question, **options)
-        for delta in stream:
-            if on_text:
-                on_text(delta)
-        return stream.answer
+        return self.ask_stream(question, **options).collect(on_text)
 
     def _take(self, room: int) -> Sequence:
         """The cached audio, alone in the sequence, with `room` positions after it."""

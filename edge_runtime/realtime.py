@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .audio import AudioError, pcm_frames
 from .capture import StreamResampler
 from .engine import Sampling
 from .errors import InputError
@@ -148,10 +149,10 @@ def pcm16_samples(data: Any) -> np.ndarray:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise RealtimeError("`audio` is not valid base64", "invalid_value", "audio") from None
-    if len(raw) % 2:
-        raise RealtimeError(f"`audio` holds {len(raw)} bytes: 16-bit PCM needs an even number", "invalid_value",
-                            "audio")
-    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    try:
+        return pcm_frames(raw, 2, 1, "`audio`")[:, 0]
+    except AudioError as exc:  # not whole 16-bit samples
+        raise RealtimeError(str(exc), "invalid_value", "audio") from None
 
 
 def _new_id(prefix: str) -> str:

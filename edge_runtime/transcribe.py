@@ -265,11 +265,7 @@ class MossAudio:
     def ask(self, audio: AudioSource, question: str, on_text: Callable[[AnswerDelta], None] | None = None,
             **options) -> Answer:
         """The whole answer (options as for ask_stream); `on_text` sees each delta as it comes."""
-        stream = self.ask_stream(audio, question, **options)
-        for delta in stream:
-            if on_text:
-                on_text(delta)
-        return stream.answer
+        return self.ask_stream(audio, question, **options).collect(on_text)
 
     def session(self, audio: AudioSource, sample_rate: int | None = None, system: str | None = None) -> AudioSession:
         """Audio to ask several questions about: encoded and evaluated once, now; each
