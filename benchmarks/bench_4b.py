@@ -168,10 +168,10 @@ def end_to_end(bundle: Path, clip: Path, threads: int, rate: float, runs: int) -
                           for k in first["timings_s"]}}
 
 
-def streaming(bundle: Path, clip: np.ndarray, ends: list[float], threads: int, rate: float, runs: int) -> dict:
-    """Medians of stream_latency.realtime_run over `runs` real-time passes (sentence timestamps)."""
+def streaming(bundle: Path, clip: np.ndarray, ends: list[float], threads: int, config: StreamConfig,
+              runs: int) -> dict:
+    """Medians of stream_latency.realtime_run over `runs` real-time passes."""
     model = MossAudio(bundle, threads=threads)
-    config = StreamConfig(timestamps="sentence", tokens_per_second=rate)
     results = [realtime_run(model, clip, ends, config) for _ in range(runs)]
     model.close()
     return {field: statistics.median([r[field] for r in results if r[field] is not None] or [0])
@@ -228,7 +228,8 @@ def main() -> None:
             e2e[name] = end_to_end(bundles[name], clip_path, args.threads, rate, args.runs)
     for name in filter(None, args.stream.split(",")):
         print(f"streaming {name}", flush=True)
-        stream[name] = streaming(bundles[name], clip, ends, args.threads, rate, args.runs)
+        config = StreamConfig(timestamps="sentence", tokens_per_second=rate)
+        stream[name] = streaming(bundles[name], clip, ends, args.threads, config, args.runs)
     manifests = {name: load_bundle(path).manifest for name, path in bundles.items()}
     result = {
         **stamp(command),

@@ -64,17 +64,21 @@ def realtime_run(model: MossAudio, clip: np.ndarray, ends: list[float], config: 
     session = StreamingSession(model.engine, config)
     finals: list[tuple[float, float]] = []  # (wall clock, event end on the stream clock)
     started = time.monotonic()
-    max_lag = 0.0
+    max_lag = busy_s = 0.0  # busy: time spent processing rather than waiting for audio
     for lo in range(0, len(clip), BLOCK):
         arrival = started + (lo + BLOCK) / SR
         time.sleep(max(0.0, arrival - time.monotonic()))
         lag = time.monotonic() - arrival
         max_lag = max(max_lag, lag)
+        fed = time.monotonic()
         for event in session.feed(clip[lo:lo + BLOCK], lag_s=lag):
             if event.type == "final":
                 finals.append((time.monotonic(), event.end))
+        busy_s += time.monotonic() - fed
+    fed = time.monotonic()
     for event in session.finish():
         finals.append((time.monotonic(), event.end))
+    busy_s += time.monotonic() - fed
     latencies = []
     for end in ends:  # the first final that covers the utterance's end
         covering = [wall for wall, final_end in finals if final_end >= end - 0.05]
@@ -85,7 +89,7 @@ def realtime_run(model: MossAudio, clip: np.ndarray, ends: list[float], config: 
         "utterances": len(ends), "finals": len(finals), "timed_utterances": len(latencies),
         "latency_p50_s": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
         "latency_p95_s": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
-        "max_lag_s": round(max_lag, 2),
+        "max_lag_s": round(max_lag, 2), "busy_s": round(busy_s, 2),
         "readouts": stats["readouts"],
         "readout_mean_s": round(stats["readout_s"] / max(1, stats["readouts"]), 3),
         "draft_tokens": stats["draft_tokens"], "accepted_tokens": stats["accepted_tokens"],

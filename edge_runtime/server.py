@@ -4,7 +4,8 @@ Endpoints: POST /v1/audio/transcriptions (multipart, as OpenAI's), POST /v1/chat
 (`input_audio` content parts), GET /v1/models, GET /health, the Realtime WebSocket
 /v1/realtime?intent=transcription (realtime.py) and the browser page at / (static/). A
 llama.cpp context is not thread-safe, so inference runs one request at a time on one worker
-thread (Realtime sessions as one job at a time each, docs/realtime.md); up to
+thread (Realtime sessions as one job at a time each, docs/realtime.md); waiting transcription
+requests with the same options run together, sharing the model's `parallel` sequences; up to
 `max_queue` more wait, later ones get 429. Bodies over `max_body_bytes` get 413, requests
 past `timeout_s` 503 (still queued) or 504 (running, stopped between tokens or segments),
 bad input (an InputError) 400, anything else 500 with its traceback in the `moss_edge` log;
@@ -22,7 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncGenerator, AsyncIterator, Iterator
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Iterator
+
+import numpy as np
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -33,7 +36,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from .answer import Answer, AnswerDelta, AnswerStream
-from .audio import AudioError
+from .audio import AudioError, load_audio
 from .audio_session import AudioSession
 from .errors import InputError
 from .formats import to_srt, to_vtt, transcript_text
@@ -41,7 +44,7 @@ from .openai_api import (
     ApiError, chat_inputs, drain, json_object, number, read_body, read_form, sse, timestamp_mode, truthy, usage, verbose_json)
 from .prompt import ANSWER_TOKENS
 from .realtime import RealtimeLimits, RealtimeService
-from .single_flight import QueueFull, QueueTimeout, RunTimeout, SingleFlight
+from .single_flight import Job, QueueFull, QueueTimeout, RunTimeout, SingleFlight
 from .timestamps import Segment, join_text
 from .transcribe import MossAudio, TranscriptionInfo
 
@@ -82,7 +85,7 @@ def api_error(exc: Exception) -> ApiError:
 
 
 def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
-    flight = SingleFlight(config.max_queue)
+    flight = SingleFlight(config.max_queue, _transcriptions_together(model), together_max=model.engine.n_seq)
     recent_audio = RecentAudio(model)  # used by the flight's one worker only
     realtime = RealtimeService(model, flight, config.model_id, config.api_key, config.timeout_s, config.realtime)
 
@@ -129,7 +132,8 @@ def create_app(model: MossAudio, config: ServerConfig) -> Starlette:
             segments, info = model.transcribe(audio, **options)
             return itertools.chain([info], segments)
 
-        job = flight.submit(setup, config.timeout_s)
+        # concurrent requests with the same options may share the parallel sequences
+        job = flight.submit(setup, config.timeout_s, together=tuple(sorted(options.items())), payload=audio)
         await job.start()
         items = job.items()
         info: TranscriptionInfo = await anext(items)
@@ -260,6 +264,29 @@ class RecentAudio:
             self._session = self._model.session(audio, system=system)
             self._key = key
         return self._session
+
+
+def _transcriptions_together(model: MossAudio) -> Callable[[list[Job]], None]:
+    """How the worker runs concurrent transcription requests with the same options: their
+    windows share the model's parallel sequences (MossAudio.transcribe_many), and each request
+    gets the items it would get alone: the info, then its segments (all at once, when its
+    last window is done)."""
+
+    def run(jobs: list[Job]) -> None:
+        accepted: list[tuple[Job, np.ndarray]] = []
+        for job in jobs:
+            try:
+                accepted.append((job, load_audio(job.payload)))
+            except InputError as exc:  # this request's audio is bad; the others go on
+                job.fail(exc)
+                continue
+            job.begin()
+        options = dict(jobs[0].together)
+        for file in model.transcribe_many([samples for _, samples in accepted], **options):
+            job = accepted[file.index][0]
+            if all(job.put(item) for item in (file.info, *file.segments)):
+                job.finish()
+    return run
 
 
 @contextlib.asynccontextmanager

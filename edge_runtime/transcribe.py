@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import itertools
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generator, Iterable, Iterator
@@ -14,7 +16,7 @@ from typing import Callable, Generator, Iterable, Iterator
 import numpy as np
 
 from .answer import Answer, AnswerDelta, AnswerStream, ThinkTags, answer_events
-from .audio import AudioSource, load_audio
+from .audio import AudioError, AudioSource, load_audio
 from .audio_session import AudioSession
 from .bundle import Bundle, load_bundle
 from .capture import Block, array_blocks
@@ -51,6 +53,57 @@ class TranscriptionInfo:
     # why each window's decoding ended, as they are consumed: "stop" (the model's end token),
     # "length" (max_tokens) or "repetition" (the loop guard; the loop is left out of the text)
     finish_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileTranscript:
+    """One file of MossAudio.transcribe_many: its segments and info, or why it was skipped."""
+    index: int  # its place in the call's list
+    audio: AudioSource
+    segments: list[Segment] = field(default_factory=list)
+    info: TranscriptionInfo | None = None
+    error: AudioError | None = None  # the file could not be read; nothing was transcribed
+
+
+@dataclass
+class _Job:
+    """One file being transcribed: its samples, the windows they are cut into, and the info
+    its windows fill in as they are decoded."""
+    index: int
+    samples: np.ndarray
+    windows: list[Window]
+    info: TranscriptionInfo | None
+    on_window: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class _Plan:
+    """What a transcription call asks, the same for every file it covers."""
+    timestamps: str
+    language: str | None
+    window_seconds: float
+    instruction: str
+    budget: int  # output tokens per window
+    sampling: Sampling
+    system: str | None
+    speech: SpeechFilter | None  # vad_filter's settings; None feeds all the audio
+    positions: int  # context positions one window takes at most
+
+    def load(self, audio: AudioSource, sample_rate: int | None, on_window: Callable[[int, int], None] | None,
+             index: int = 0) -> _Job:
+        """Load and check the audio, and cut it into windows."""
+        clock = time.perf_counter()
+        samples = load_audio(audio, sample_rate)
+        if self.speech is not None:
+            windows = plan_speech_windows(samples, self.window_seconds, config=self.speech)
+        else:
+            windows = plan_windows(samples, self.window_seconds)
+        info = TranscriptionInfo(
+            duration=len(samples) / SAMPLE_RATE, timestamps=self.timestamps, language=self.language,
+            windows=[(w.start_s, w.end / SAMPLE_RATE) for w in windows],
+            speech_s=round(sum(w.duration_s for w in windows), 3),
+            timings={"load_s": time.perf_counter() - clock, "encode_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0})
+        return _Job(index, samples, windows, info, on_window)
 
 
 class MossAudio:
@@ -162,26 +215,56 @@ class MossAudio:
         detector finds: long silences are skipped, times stay on the file's clock
         (`info.speech_s` says how much audio the model heard).
         """
+        plan = self._plan(timestamps, language, window_seconds, max_tokens, temperature, seed, system, vad_filter)
+        job = plan.load(audio, sample_rate, on_window)
+        segments = (segment for _, _, window_segments in self._decode_windows(iter([job]), plan)
+                    for segment in window_segments)
+        return segments, job.info
+
+    def transcribe_many(self, audios: Iterable[AudioSource], sample_rate: int | None = None,
+                        on_segment: Callable[[int, Segment], None] | None = None,
+                        on_window: Callable[[int, int, int], None] | None = None,
+                        **options) -> Iterator[FileTranscript]:
+        """Several files in one call, `options` as for transcribe: their windows fill the
+        `parallel` sequences across files (a short file's window is decoded alongside the
+        next file's), each file's segments are those `transcribe` gives it. Yields one
+        FileTranscript per file, in order, once its last window is done; a file that cannot
+        be read is one with `error` set, and the others go on. `on_segment(i, segment)` and
+        `on_window(i, done, total)` follow file i as its windows are decoded."""
+        plan = self._plan(**options)
+        files: dict[int, FileTranscript] = {}
+
+        def jobs() -> Iterator[_Job]:  # each file is loaded when its windows are next
+            for index, audio in enumerate(audios):
+                files[index] = FileTranscript(index, audio)
+                try:
+                    job = plan.load(audio, sample_rate, on_window and functools.partial(on_window, index), index)
+                except AudioError as exc:
+                    files[index].error = exc
+                    yield _Job(index, np.zeros(0, np.float32), [], None)
+                    continue
+                files[index].info = job.info
+                yield job
+
+        for job, window, segments in self._decode_windows(jobs(), plan):
+            transcript = files[job.index]
+            transcript.segments += segments
+            if on_segment:
+                for segment in segments:
+                    on_segment(job.index, segment)
+            if window is None or window.index + 1 == len(job.windows):
+                yield files.pop(job.index)
+
+    def _plan(self, timestamps: str = "sentence", language: str | None = None, window_seconds: float = 30.0,
+              max_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None,
+              system: str | None = None, vad_filter: bool | SpeechFilter = False) -> _Plan:
         if timestamps not in TIMESTAMP_MODES:
             raise InputError(f"timestamps={timestamps!r}: choose one of {', '.join(TIMESTAMP_MODES)}")
         instruction = with_language(INSTRUCTIONS[timestamps], language)
         budget = max_tokens or transcription_budget(timestamps, window_seconds)
-        positions = self._window_positions(window_seconds, instruction, system, budget)
-        clock = time.perf_counter()
-        samples = load_audio(audio, sample_rate)
-        if vad_filter:
-            speech = vad_filter if isinstance(vad_filter, SpeechFilter) else SpeechFilter()
-            windows = plan_speech_windows(samples, window_seconds, config=speech)
-        else:
-            windows = plan_windows(samples, window_seconds)
-        info = TranscriptionInfo(
-            duration=len(samples) / SAMPLE_RATE, timestamps=timestamps, language=language,
-            windows=[(w.start_s, w.end / SAMPLE_RATE) for w in windows],
-            speech_s=round(sum(w.duration_s for w in windows), 3),
-            timings={"load_s": time.perf_counter() - clock, "encode_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0})
-        segments = self._transcribe_windows(samples, windows, timestamps, instruction, budget,
-                                            Sampling(temperature, seed=seed), system, positions, info, on_window)
-        return segments, info
+        speech = vad_filter if isinstance(vad_filter, SpeechFilter) else SpeechFilter() if vad_filter else None
+        return _Plan(timestamps, language, window_seconds, instruction, budget, Sampling(temperature, seed=seed),
+                     system, speech, self._window_positions(window_seconds, instruction, system, budget))
 
     def _window_positions(self, window_seconds: float, instruction: str, system: str | None, budget: int) -> int:
         """Positions one window's prompt and output take at most; refused up front when the
@@ -197,39 +280,63 @@ class MossAudio:
                              "parallel windows or a larger n_ctx")
         return per_window
 
-    def _transcribe_windows(self, samples: np.ndarray, windows: list[Window], mode: str, instruction: str,
-                            budget: int, sampling: Sampling, system: str | None, positions: int,
-                            info: TranscriptionInfo,
-                            on_window: Callable[[int, int], None] | None) -> Iterator[Segment]:
-        # Each group of windows takes the context afresh and is decoded whole before its
-        # segments are handed out, so a consumer may interleave other calls between segments.
-        stop, timings = self.manifest.tokens.stop, info.timings
-        for first in range(0, len(windows), self.engine.n_seq):
-            group = windows[first:first + self.engine.n_seq]
-            guards = [new_guard(self.loop_guard, self.engine.token_bytes, mode != "none", w.duration_s)
-                      for w in group]
-            scripts = [self._script(w.start_s, w.end / SAMPLE_RATE) for w in group]
+    def _decode_windows(self, jobs: Iterator[_Job], plan: _Plan) -> Iterator[tuple[_Job, Window | None, list[Segment]]]:
+        """(job, window, its segments) for every window of every job, in order; a job without
+        windows (a file that failed to load) passes as (job, None, []) in its place.
+
+        Windows are taken `parallel` at a time, across jobs; each group takes the context
+        afresh and is decoded whole before its segments are handed out, so a consumer may
+        interleave other calls between groups."""
+        waiting: deque[tuple[_Job, Window | None]] = deque()  # in order; None: a windowless job
+        for job in itertools.chain(jobs, [None]):
+            if job is not None:
+                waiting += [(job, window) for window in job.windows] or [(job, None)]
+            while waiting and (job is None or sum(w is not None for _, w in waiting) >= self.engine.n_seq):
+                group, taken = [], 0  # up to n_seq windows, and the windowless jobs among them
+                while waiting and (taken < self.engine.n_seq or waiting[0][1] is None):
+                    group.append(waiting.popleft())
+                    taken += group[-1][1] is not None
+                yield from self._decode_group(group, plan)
+
+    def _decode_group(self, group: list[tuple[_Job, Window | None]],
+                      plan: _Plan) -> Iterator[tuple[_Job, Window | None, list[Segment]]]:
+        """Prefill the group's windows as parallel sequences, decode them together, and hand
+        out the group's entries in order."""
+        windows = [(job, window) for job, window in group if window is not None]
+        mode, stop = plan.timestamps, self.manifest.tokens.stop
+        guards = [new_guard(self.loop_guard, self.engine.token_bytes, mode != "none", w.duration_s)
+                  for _, w in windows]
+        scripts = [self._script(w.start_s, w.end / SAMPLE_RATE) for _, w in windows]
+        clock = time.perf_counter()
+        rows = []
+        for job, window in windows:
+            rows.append(self.engine.encode(window.audio(job.samples)))
+            job.info.timings["encode_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            rows = [self.engine.encode(w.audio(samples)) for w in group]
-            timings["encode_s"] += time.perf_counter() - clock
+        sequences = self.engine.start_group(len(windows), plan.positions) if windows else []
+        for (job, _), sequence, window_rows in zip(windows, sequences, rows):
+            sequence.prefill(self._pieces(len(window_rows), plan.instruction, plan.system), window_rows)
+            job.info.timings["prefill_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            sequences = self.engine.start_group(len(group), positions)
-            for sequence, window_rows in zip(sequences, rows):
-                sequence.prefill(self._pieces(len(window_rows), instruction, system), window_rows)
-            prefilled = time.perf_counter()
-            if len(group) == 1:  # one window: decoded token by token on its own
-                outputs = [list(sequences[0].decode(budget, stop, sampling, guards[0], scripts[0]))]
-            else:
-                outputs = self.engine.decode_together(sequences, budget, stop, sampling, guards, scripts)
-            timings["prefill_s"] += prefilled - clock
-            timings["decode_s"] += time.perf_counter() - prefilled
-            for window, tokens, guard in zip(group, outputs, guards):
-                info.finish_reasons.append(finish_reason(tokens, budget, guard))
-                for segment in parse_output(self.engine.detokenize(guard.kept(tokens) if guard else tokens),
-                                            mode, window.duration_s):
-                    yield remap(segment, window.file_time)
-                if on_window:
-                    on_window(window.index + 1, len(windows))
+        outputs: list[list[int]] = []
+        if len(windows) == 1:  # one window: decoded token by token on its own
+            outputs = [list(sequences[0].decode(plan.budget, stop, plan.sampling, guards[0], scripts[0]))]
+        elif windows:
+            outputs = self.engine.decode_together(sequences, plan.budget, stop, plan.sampling, guards, scripts)
+        decoded = iter(zip(outputs, guards))
+        decode_share = (time.perf_counter() - clock) / max(1, len(windows))  # one batch served them all
+        for job, window in group:
+            if window is None:
+                yield job, None, []
+                continue
+            tokens, guard = next(decoded)
+            job.info.timings["decode_s"] += decode_share
+            job.info.finish_reasons.append(finish_reason(tokens, plan.budget, guard))
+            text = self.engine.detokenize(guard.kept(tokens) if guard else tokens)
+            segments = [remap(segment, window.file_time) for segment in parse_output(text, mode, window.duration_s)]
+            if job.on_window:
+                job.on_window(window.index + 1, len(job.windows))
+            yield job, window, segments
 
     def _script(self, start_s: float, end_s: float) -> list[int] | None:
         return None if self.forced_output is None else self.engine.tokenize(self.forced_output(start_s, end_s))

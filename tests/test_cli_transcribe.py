@@ -24,8 +24,9 @@ def bundle(tiny_bundles) -> str:
     return str(tiny_bundles["k1"])
 
 
-def transcribe(bundle: str, audio: Path | str, out: Path, *options: str) -> subprocess.CompletedProcess:
-    return moss_edge("transcribe", bundle, str(audio), "--format", "all", "--output-dir", str(out),
+def transcribe(bundle: str, audio: Path | str | list[Path], out: Path, *options: str) -> subprocess.CompletedProcess:
+    files = [str(a) for a in audio] if isinstance(audio, list) else [str(audio)]
+    return moss_edge("transcribe", bundle, *files, "--format", "all", "--output-dir", str(out),
                      "--window-seconds", "10", "--max-tokens", "16", *FAST, *options)
 
 
@@ -50,12 +51,20 @@ def test_transcribe_prints_only_without_format(bundle, speech_wav, tmp_path):
     assert result.stdout.splitlines()[0].startswith("[00:00:00.000 --> ")
 
 
-def test_parallel_windows_write_the_same_files(bundle, speech_wav, tmp_path):
-    one = transcribe(bundle, speech_wav, tmp_path / "one")
-    three = transcribe(bundle, speech_wav, tmp_path / "three", "--parallel", "3")
+def test_parallel_windows_write_the_same_files_across_files(bundle, speech_wav, tmp_path):
+    """A 7 s file, then speech.wav's three windows: with --parallel 3 the short file's window
+    is decoded together with the long file's first two."""
+    short = tmp_path / "short.wav"
+    sf.write(short, sf.read(speech_wav, dtype="float32")[0][: 7 * 16000], 16000)
+    files = [short, speech_wav]
+    one = transcribe(bundle, files, tmp_path / "one")
+    three = transcribe(bundle, files, tmp_path / "three", "--parallel", "3", "--progress")
     assert one.returncode == three.returncode == 0, three.stderr
     assert one.stdout == three.stdout
-    for name in (f"speech.{f}" for f in FORMATS):
+    assert "short.wav: window 1/1 (100%)" in three.stderr and "speech.wav: window 3/3 (100%)" in three.stderr
+    names = [f"{stem}.{f}" for stem in ("short", "speech") for f in FORMATS]
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == sorted(names)
+    for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes(), name
 
 

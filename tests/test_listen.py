@@ -187,11 +187,11 @@ def commands(tmp_path_factory):
     return clip, path
 
 
-def _listen_and_interrupt(path, *args: str, interrupts: int) -> Listener:
+def _listen_and_interrupt(path, *args: str, interrupts: int, pace: str = "100") -> Listener:
     """`listen nano --input PATH --pace 100 ...`, sent SIGINT `interrupts` times (0.2 s apart)
     once its first final event is out. Played 100x faster than real time, the file is captured
     faster than nano transcribes it (about 20x on two cores), and not all of it yet."""
-    listener = Listener("nano", "--input", str(path), "--pace", "100", "--threads", "1", *args)
+    listener = Listener("nano", "--input", str(path), "--pace", pace, "--threads", "1", *args)
     listener.wait_for(lambda e: e["type"] == "final", timeout=120)
     for _ in range(interrupts):
         listener.process.send_signal(signal.SIGINT)
@@ -217,7 +217,11 @@ def test_ctrl_c_stops_capturing_and_still_transcribes_what_was_captured(commands
 def test_a_second_ctrl_c_abandons_the_backlog_and_says_where_it_was_recorded(commands, tmp_path):
     clip, path = commands
     record = tmp_path / "kept.wav"
-    listener = _listen_and_interrupt(path, "--record", str(record), interrupts=2)
+    # Played 1000x faster, the whole file is captured before the first final: the backlog then
+    # takes nano seconds to transcribe, so the second SIGINT still finds it however late this
+    # busy machine schedules the test between the two (a backlog done first would leave
+    # nothing to abandon, and the process exiting when the signal lands)
+    listener = _listen_and_interrupt(path, "--record", str(record), interrupts=2, pace="1000")
     assert listener.process.wait(timeout=60) == 130
     message = listener.process.stderr.read().strip().splitlines()[-1]
     left = float(message.split("abandoned: ", 1)[1].split(" s ", 1)[0])

@@ -338,6 +338,56 @@ def test_timeouts_give_504_running_and_503_queued_and_the_server_recovers(model,
         assert client.chat.completions.create(model="m", messages=audio_message(wav), max_tokens=2).choices
 
 
+def test_waiting_transcriptions_share_the_parallel_sequences_and_get_what_they_get_alone(tiny_bundles, model, speech,
+                                                                                         wav, monkeypatch):
+    clips = []
+    for seconds in (7, 12, 21):  # 1, 2 and 3 windows of <= 10 s
+        buffer = io.BytesIO()
+        sf.write(buffer, speech[: seconds * 16000], 16000, format="WAV")
+        clips.append(buffer.getvalue())
+    clips.append(b"RIFF\x10\x00\x00\x00WAVEjunk")  # refused alone, the others go on
+
+    def transcribe_all(url: str) -> list:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        results: list = [None] * len(clips)
+
+        def one(i: int) -> None:
+            try:
+                results[i] = client.audio.transcriptions.create(
+                    model="m", file=(f"{i}.wav", clips[i]), response_format="verbose_json").model_dump()
+            except openai.BadRequestError as error:
+                results[i] = error.body["code"]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(clips))]
+        for thread in threads:
+            thread.start()
+        return threads, results
+
+    with running(model, window_seconds=10.0) as (url, _):  # parallel=1: one request at a time
+        threads, alone = transcribe_all(url)
+        for thread in threads:
+            thread.join(120)
+    release = threading.Event()
+    ask_stream = AudioSession.ask_stream
+
+    def held(session, *args, **kwargs):  # a chat request holds the worker while the others queue
+        release.wait(60)
+        return ask_stream(session, *args, **kwargs)
+    monkeypatch.setattr(AudioSession, "ask_stream", held)
+    parallel = MossAudio(tiny_bundles["k1"], threads=1, n_ctx=2048, parallel=3)
+    with running(parallel, window_seconds=10.0, max_queue=8) as (url, app):
+        chat = chat_in_thread(url, wav, [])
+        wait_for(lambda: app.state.flight.jobs == 1)
+        threads, together = transcribe_all(url)
+        wait_for(lambda: app.state.flight.jobs == 1 + len(clips))
+        release.set()
+        for thread in (chat, *threads):
+            thread.join(120)
+        assert app.state.flight.batches == 1
+    assert alone[-1] == together[-1] == "invalid_audio"
+    assert all(result["segments"] for result in alone[:-1])
+    assert together == alone
+
+
 def test_a_client_leaving_a_stream_stops_its_job(model, wav, monkeypatch):
     def slow(sequence, max_tokens, *args, **kwargs):
         for token in model.engine.tokenize(" word" * 200)[:max_tokens]:

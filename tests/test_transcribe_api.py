@@ -263,6 +263,36 @@ def test_parallel_windows_give_the_sequential_segments(tiny_bundles, speech, sam
     assert seen == list(range(1, len(info.windows) + 1))
 
 
+def test_several_files_share_the_parallel_windows_and_keep_their_own_segments(tiny_bundles, speech, tmp_path,
+                                                                               monkeypatch):
+    files = [speech[: 7 * SAMPLE_RATE], speech[3 * SAMPLE_RATE:], speech[: 12 * SAMPLE_RATE]]
+    options = dict(timestamps="sentence", window_seconds=10.0, max_tokens=16)
+    one = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=2048)
+    want = [[(s.start, s.end, s.text) for s in one.transcribe(audio, **options)[0]] for audio in files]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64))
+    three = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=2048, parallel=3)
+    groups: list[int] = []
+    start_group = three.engine.start_group
+    monkeypatch.setattr(three.engine, "start_group", lambda n, positions: groups.append(n) or start_group(n, positions))
+    followed: list[tuple[int, int, int]] = []
+    shown: list[int] = []
+    results = list(three.transcribe_many([files[0], bad, files[1], files[2]], on_window=lambda *w: followed.append(w),
+                                         on_segment=lambda i, segment: shown.append(i), **options))
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert isinstance(results[1].error, AudioError) and "bad.wav" in str(results[1].error)
+    assert results[1].segments == [] and results[1].info is None
+    good = [results[0], results[2], results[3]]
+    assert [[(s.start, s.end, s.text) for s in r.segments] for r in good] == want
+    sizes = [len(r.info.windows) for r in good]
+    assert sizes[0] == 1  # alone, the first file would leave two sequences idle
+    assert groups == [3] * (sum(sizes) // 3) + [sum(sizes) % 3] * bool(sum(sizes) % 3)  # full groups, across files
+    assert followed == [(i, done, n) for i, n in ((0, sizes[0]), (2, sizes[1]), (3, sizes[2]))
+                        for done in range(1, n + 1)]
+    assert shown == sorted(shown) and set(shown) == {0, 2, 3}
+    assert [len(r.info.finish_reasons) for r in good] == sizes
+
+
 def test_parallel_windows_must_fit_the_shared_context(tiny_bundles, speech):
     model = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=1024, parallel=4)
     with pytest.raises(InputError, match="4 window"):

@@ -20,7 +20,7 @@ def add_model_options(parser: argparse.ArgumentParser, windows: bool = False) ->
                         help="decode to the token budget even when the output repeats itself")
     if windows:
         parser.add_argument("--parallel", type=int, default=1, metavar="N",
-                            help="decode up to N windows of a file together (same output; default 1)")
+                            help="decode up to N windows together, of one file or across the files (same output; default 1)")
 
 
 def load_model(args: argparse.Namespace):

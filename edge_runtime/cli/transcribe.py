@@ -2,7 +2,8 @@
 
 `transcribe` prints each segment as it is ready and writes the chosen formats only once a
 file is done, each atomically, so a failure leaves no partial output. With several files, a
-bad one is reported and skipped, and the exit code says that one failed.
+bad one is reported and skipped, and the exit code says that one failed; `--parallel N`
+decodes N windows together, across the files too (MossAudio.transcribe_many).
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..audio import AudioError
 from ..formats import FORMATS, clock, write_transcript
 from ..prompt import ANSWER_TOKENS
+from ..timestamps import Segment
 from . import exit_codes
 from .model_options import add_model_options, load_model
 
@@ -73,25 +74,28 @@ def _progress(name: str, enabled: bool) -> Callable[[int, int], None] | None:
 
 def _transcribe(args: argparse.Namespace) -> int:
     model = load_model(args)
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = [_progress(audio.name, show_progress) for audio in args.audio]
+
+    def show(index: int, segment: Segment) -> None:
+        if not args.quiet:
+            print(f"[{_stamp(segment.start)} --> {_stamp(segment.end)}]  {segment.text}", flush=True)
+
+    def follow(index: int, done: int, total: int) -> None:
+        if progress[index]:
+            progress[index](done, total)
+
     status = exit_codes.OK
-    for audio in args.audio:
-        try:
-            segments, info = model.transcribe(
-                audio, **transcription_options(args),
-                on_window=_progress(audio.name, args.progress if args.progress is not None else sys.stderr.isatty()))
-        except AudioError as exc:  # this file is unusable; the others may still be fine
-            print(f"error: {exc}", file=sys.stderr)
+    for file in model.transcribe_many(args.audio, on_segment=show, on_window=follow, **transcription_options(args)):
+        if file.error is not None:  # this file is unusable; the others may still be fine
+            print(f"error: {file.error}", file=sys.stderr)
             status = exit_codes.BAD_INPUT
             continue
-        done = []
-        for segment in segments:
-            done.append(segment)
-            if not args.quiet:
-                print(f"[{_stamp(segment.start)} --> {_stamp(segment.end)}]  {segment.text}", flush=True)
         if args.format:
+            audio = args.audio[file.index]
             try:
-                paths = write_transcript(done, info.duration, args.language, args.format, args.output_dir, audio.stem,
-                                         info.finish_reasons)
+                paths = write_transcript(file.segments, file.info.duration, args.language, args.format,
+                                         args.output_dir, audio.stem, file.info.finish_reasons)
             except OSError as exc:
                 print(f"error: cannot write the transcript of {audio}: {exc}", file=sys.stderr)
                 return exit_codes.FAILURE
