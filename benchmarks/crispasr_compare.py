@@ -2,7 +2,10 @@
 
 CrispASR (github.com/CrispStrobe/CrispASR) is a C++/ggml runtime that runs MOSS-Audio-4B from
 one GGUF (`crispasr --backend moss-audio`); this runtime runs an ONNX encoder and a llama.cpp
-GGUF LLM. Both get the same random-weight 4B checkpoint (the real shapes, so the real costs),
+GGUF LLM. --crispasr-build is a CMake build of CrispASR: its bin/crispasr is used, or, where
+that CLI could not be linked, bin/moss_audio_run, a driver of CrispASR's moss_audio library
+that does what the CLI does for this backend (crispasr_program; how both were built and
+why: benchmarks/crispasr/README.md). Both get the same random-weight 4B checkpoint (the real shapes, so the real costs),
 the same espeak-ng speech clips of 5, 30 and 60 s (stream_latency.py's utterances; whole
 utterances, then silence to the clip's length) and the same thread count. Each run is a fresh
 process, timed from start to exit (model loading included): wall time, RTF = wall / audio
@@ -28,8 +31,9 @@ transcript budget, from its own per-token decode time (stderr lines timed as the
         --checkpoint /work/bench/moss-audio-4b-random --bundle /work/bench/q4b/int4-Q4_K_M \\
         --work-dir /work/bench/crispasr --converter-python /work/crispasr/venv/bin/python
 
-Writes benchmarks/results/crispasr_compare.{json,md}. Takes about an hour at --runs 3 with
-2 threads, most of it the 512-token-per-window rows of the 60 s clip; run it on a quiet machine.
+Writes benchmarks/results/crispasr_compare.{json,md}. Takes over an hour at --runs 3 with
+2 threads, most of it the 512-token-per-window rows; run it on a quiet machine (`--clips 5
+--runs 1` checks the whole path in a few minutes; `--convert-only` does step 1 alone).
 """
 from __future__ import annotations
 
@@ -63,11 +67,11 @@ F16_GGUF, Q4K_GGUF = "moss-audio-4b-crispasr-f16.gguf", "moss-audio-4b-crispasr-
 
 # --- 1. conversion with CrispASR's tools ----------------------------------------------------
 
-def run_timed(argv: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
+def run_timed(argv: list[str], log: Path) -> dict:
     """Run argv to completion, output to `log`; wall time and the child's peak RSS."""
     with open(log, "w") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
     if process.returncode != 0:
@@ -199,7 +203,9 @@ def run_crispasr(program: list[str], gguf: Path, clip: Path, threads: int, out_d
     for s in slices:  # the first token closes prefill; the rest are one decode step each
         s["decode_s_per_token"] = (s["done_s"] - s["first_token_s"]) / max(1, s["tokens"] - 1)
     return {"wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-            "windows": len(slices), "slices": slices}
+            "windows": len(slices), "slices": slices,
+            # fewer tokens than the budget: a stop token, or its decode aborted on non-finite logits
+            "finish_reasons": ["length" if s["tokens"] >= CRISPASR_BUDGET else "stop" for s in slices]}
 
 
 def at_budget(run: dict, reference_tokens: int) -> float:
@@ -210,9 +216,12 @@ def at_budget(run: dict, reference_tokens: int) -> float:
 
 
 def summarize(runs: list[dict], audio_s: float) -> dict:
+    """Median wall time and RTF, the largest peak RSS; whether every window spent its budget."""
     wall = statistics.median(r["wall_s"] for r in runs)
+    spent = all(reason == "length" for r in runs for reason in r.get("finish_reasons", ["length"]))
     return {"runs": len(runs), "wall_s": round(wall, 1), "rtf": round(wall / audio_s, 3),
-            "peak_rss_gib": max(r["peak_rss_gib"] for r in runs), "windows": runs[0]["windows"]}
+            "peak_rss_gib": max(r["peak_rss_gib"] for r in runs), "windows": runs[0]["windows"],
+            "budget_spent": spent}
 
 
 def measure_clip(args: argparse.Namespace, moss_edge: Path, gguf: Path, seconds: float, clips: Path,
@@ -291,6 +300,7 @@ def markdown(result: dict) -> list[str]:
              "the quietest 100 ms of their last 5 s and, when there are several, widens each by 3 s of "
              "audio on both sides.", "",
              "## Conversion with CrispASR's tools", "",
+             "Peak RSS is the child's ru_maxrss, which counts the checkpoint pages the converter maps.", "",
              "| step | wall s | peak RSS GiB | output GiB | machine | date | command |", "|---|---|---|---|---|---|---|"]
     for step, record in result["conversion"].items():
         lines.append(f"| {step} | {record['wall_s']} | {record['peak_rss_gib']} | {record.get('gib')} | "
@@ -304,6 +314,8 @@ def markdown(result: dict) -> list[str]:
         for key, row in clip["rows"].items():
             tokens = row["tokens_per_window"]
             shown = "+".join(map(str, tokens)) if isinstance(tokens, list) else f"{row['windows']} x {tokens}"
+            if not row.get("budget_spent", True):
+                shown += " (a window stopped early)"
             frames, prompt = row.get("mel_frames_per_window"), row.get("prompt_tokens_per_window")
             lines.append(f"| {ROW_LABELS[key]} | {shown} | {row['wall_s']} | {row['rtf']} | "
                          f"{row['peak_rss_gib'] if row['peak_rss_gib'] is not None else 'n/a'} | "

@@ -6,6 +6,7 @@ interleaved runs; the ratio comes from the same run. Also the cost when another 
 the context in between (the cache is put back from llama.cpp's sequence state).
 
     python benchmarks/followup_cost.py --bundle nano
+    python benchmarks/followup_cost.py --bundle /work/bench/q4b/int4-Q4_K_M --runs 3 --out followup_cost_4b
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--out", default="followup_cost", help="results file name (e.g. followup_cost_4b)")
     args = parser.parse_args()
     command = "python benchmarks/followup_cost.py " + " ".join(sys.argv[1:])
     load_before = os.getloadavg()[0]
@@ -71,7 +73,7 @@ def main() -> None:
              f"| `session.ask(question)`, cache in place | {result['cached_ms']} | {result['cached_speedup']}x cheaper |",
              f"| `session.ask(question)` after another call (cache put back) | {result['restored_ms']} | "
              f"{result['restored_speedup']}x cheaper |"]
-    write_results("followup_cost", result, lines, args.results_dir)
+    write_results(args.out, result, lines, args.results_dir)
     print("\n".join(lines))
 
 

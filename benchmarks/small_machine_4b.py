@@ -53,6 +53,7 @@ END_TO_END = """
 import json, sys, time
 from edge_runtime.audio import load_audio
 from edge_runtime.measure import peak_rss_bytes
+from edge_runtime.transcribe import MossAudio
 from small_machine_4b import transcript_between
 bundle, clip, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ends, path = json.loads(sys.argv[4]), json.loads(sys.argv[5])
