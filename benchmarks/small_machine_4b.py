@@ -36,11 +36,12 @@ from pathlib import Path
 import soundfile
 
 import llm_bench  # benchmarks/ is the script's directory
-from bench_4b import streaming
+from bench_4b import encoder_bytes, streaming
 from bench_report import TARGETS
 from results_file import RESULTS, provenance, stamp, write_results
 from stream_latency import PAUSE_S, SENTENCES, SR, build_clip
 
+from edge_runtime.bundle import load_bundle
 from edge_runtime.stream import StreamConfig
 
 PATHS = {
@@ -191,9 +192,8 @@ def main() -> None:
     stream["estimates"] = projections(stream["busy_share"], machine)
     weights = {}
     for name, bundle in bundles.items():
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        files = [manifest["encoder"]["path"], *manifest["encoder"].get("extra_files", []), manifest["llm"]["path"]]
-        weights[name] = {"weights_gib": round(sum((bundle / f).stat().st_size for f in files) / 2**30, 2),
+        manifest = load_bundle(bundle).manifest
+        weights[name] = {"weights_gib": round((encoder_bytes(bundle, manifest) + manifest.llm.size) / 2**30, 2),
                          "path": str(bundle)}
     result = {**stamp(command), "threads": args.threads, "runs": args.runs,
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
