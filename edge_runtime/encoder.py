@@ -1,6 +1,7 @@
 """The ONNX audio encoder: log-mel chunks in, LLM-ready rows out."""
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,18 @@ def split_chunks(mel: np.ndarray, chunk_frames: int) -> tuple[np.ndarray, np.nda
     return batch, lengths
 
 
+# glibc's; other C libraries (macOS, musl) have none
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def _return_freed_heap() -> None:
+    """Hand the heap glibc keeps after onnxruntime built a session or ran one back to the
+    system: building a session leaves the parsed model and the weights before prepacking
+    freed but resident, each run its activations (docs/devices.md#memory)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class AudioEncoder:
     def __init__(self, path: Path, audio: AudioParams, row_width: int,
                  providers: list[str] | None = None, threads: int | None = None):
@@ -33,11 +46,15 @@ class AudioEncoder:
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Without the arena a chunk's activations go back to the heap when it is encoded
+        # instead of staying reserved while the LLM works (docs/devices.md#memory)
+        options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: cannot load the ONNX audio encoder ({exc})") from exc
+        _return_freed_heap()
         self.audio = audio
         self.row_width = row_width
         width = self.session.get_outputs()[0].shape[-1]
@@ -58,6 +75,7 @@ class AudioEncoder:
         for i in range(len(batch)):
             rows, counts = self.session.run(None, {"mel": batch[i:i + 1], "lengths": lengths[i:i + 1]})
             out.append(rows[0, : int(counts[0])])
+        _return_freed_heap()
         return out
 
     def encode(self, mel: np.ndarray) -> np.ndarray:

@@ -3,9 +3,13 @@ every earlier user goes stale (a clear error, never tokens from someone else's c
 readout leaves the cache as it found it; forced decoding computes every step."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from edge_runtime import llm
 from edge_runtime.bundle import load_bundle
 from edge_runtime.device import CPU
 from edge_runtime.engine import Engine
@@ -145,3 +149,11 @@ def test_a_fixed_context_refuses_what_it_cannot_hold(tiny_bundles, clip):
     small = MossAudio(tiny_bundles["k2"], threads=1, n_ctx=256)
     with pytest.raises(InputError, match="context"):
         small.ask(clip, "What is said?", max_tokens=400)
+
+
+def test_on_the_cpu_the_gguf_is_read_not_mapped(model):
+    """Mapped, the file pages of every weight llama.cpp repacks for the CPU would stay resident
+    beside the repacked copy (docs/devices.md#memory); without repacked layouts mapping is kept."""
+    gguf = os.path.realpath(model.engine.llm_path)
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(" " + gguf)]
+    assert bool(mapped) == (not llm._cpu_extra_layouts_usable())
