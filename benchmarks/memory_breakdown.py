@@ -24,15 +24,19 @@ from stream_latency import SR, build_clip
 
 from edge_runtime.bundle import load_bundle
 
+# Both child scripts start with this: the process's memory now, from the kernel, in bytes.
+STATUS = """
+def status():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+"""
+
 # One process: argv = bundle, clip, threads, ends (JSON). Prints one JSON line of steps.
-RUNTIME_STEPS = """
+RUNTIME_STEPS = STATUS + """
 import json, sys
 from edge_runtime.audio import load_audio
 from edge_runtime.transcribe import MossAudio
 from small_machine_4b import transcript_between
-def status():
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 bundle, clip, threads, ends = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 steps = {"python and the runtime imported": status()}
 samples = load_audio(clip)
@@ -47,13 +51,10 @@ print(json.dumps(steps))
 """
 
 # One process: argv = GGUF path, "mapped" or "read". Loads the model alone.
-LLM_ALONE = """
+LLM_ALONE = STATUS + """
 import json, sys
 import llama_cpp as C
 from edge_runtime import llm
-def status():
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 llm._init_backend()
 params = C.llama_model_default_params()
 params.use_extra_bufts = llm._cpu_extra_layouts_usable()
