@@ -180,7 +180,7 @@ def _augment(audio: np.ndarray, rng: np.random.Generator, strength: float) -> np
         audio = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(tail, size), size)[: len(audio)]
     speech_rms = np.sqrt(np.mean(audio[np.abs(audio) > 1e-4] ** 2)) if np.any(np.abs(audio) > 1e-4) else 0.1
     if rng.random() < 0.7 * strength:
-        noise = _colored_noise(len(audio), rng.choice(("white", "pink", "brown")), rng)
+        noise = colored_noise(len(audio), rng.choice(("white", "pink", "brown")), rng)
         snr_db = rng.uniform(5.0, 40.0)
         audio = audio + noise * speech_rms / 10 ** (snr_db / 20)
     audio = audio * 10 ** (rng.uniform(-25.0, 0.0) / 20)
@@ -188,7 +188,7 @@ def _augment(audio: np.ndarray, rng: np.random.Generator, strength: float) -> np
     return audio / peak * 0.99 if peak > 0.99 else audio
 
 
-def _colored_noise(n: int, color: str, rng: np.random.Generator) -> np.ndarray:
+def colored_noise(n: int, color: str, rng: np.random.Generator) -> np.ndarray:
     if color == "white":
         return rng.standard_normal(n)
     size = _fast_size(n)

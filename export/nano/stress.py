@@ -35,7 +35,7 @@ import numpy as np
 from edge_runtime.features import SAMPLE_RATE
 from edge_runtime.speech import Clip, Utterance, Voice, espeak_binary, place, synthesize, to_int16
 
-from .corpus import DEVICES, DIGITS, NAMES, NOT_HUMAN, ROOMS, _colored_noise, split_variants
+from .corpus import DEVICES, DIGITS, NAMES, NOT_HUMAN, ROOMS, colored_noise, split_variants
 
 STRESS_SEED = 20261207  # not training's (0) nor the held-out sets' (20261126, 20261127)
 MAX_SECONDS = 20.0  # training's longest clip: sentences past it are dropped (two always stay)
@@ -176,7 +176,7 @@ def quiet_with_noise_floor(clip: Clip, rng: np.random.Generator) -> np.ndarray:
     speech = np.concatenate([clip.audio[round(s.start * SAMPLE_RATE):round(s.end * SAMPLE_RATE)]
                              for s in clip.sentences])
     audio = clip.audio * (10 ** (QUIET_DBFS / 20) / np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
-    noise = _colored_noise(len(audio), rng.choice(("white", "pink")), rng)  # unit RMS
+    noise = colored_noise(len(audio), rng.choice(("white", "pink")), rng)  # unit RMS
     return (audio + noise * 10 ** ((QUIET_DBFS - NOISE_FLOOR_SNR_DB) / 20)).astype(np.float32)
 
 
