@@ -9,8 +9,10 @@ utterances with 1.4 s pauses).
 1. end to end, a fresh process per run (RTF = processing time / audio time, loading
    excluded; peak RSS includes loading), for each bundle:
    - before: the fixed 8192-token context the runtime used to take, one window at a time, all
-     the audio fed;
-   - now: the context sized to the call, `parallel=3` windows decoded together, `vad_filter`;
+     the audio fed, every run of prompt tokens (a time marker's digits, the chat frame) a
+     llama.cpp batch of its own (the runtime without packed prefill: its token rows withheld);
+   - now: the context sized to the call, `parallel=3` windows decoded together, `vad_filter`,
+     packed prefill (docs/format.md#packed-prefill);
 2. streaming at real-time pace (stream_latency.py's runner): end of utterance -> final p50/p95,
    the largest lag, and the share of real time spent processing; that share scaled to a
    Raspberry Pi 5 and a Jetson Orin by the ratio of their public specs to this machine's
@@ -45,19 +47,22 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.stream import StreamConfig
 
 PATHS = {
-    "before": {"n_ctx": 8192, "parallel": 1, "vad_filter": False},
-    "now": {"n_ctx": None, "parallel": 3, "vad_filter": True},
+    "before": {"n_ctx": 8192, "parallel": 1, "vad_filter": False, "packed_prompt": False},
+    "now": {"n_ctx": None, "parallel": 3, "vad_filter": True, "packed_prompt": True},
 }
 
 # One run in a fresh process: argv = bundle, clip, threads, ends (JSON), path settings (JSON).
 END_TO_END = """
 import json, sys, time
 from edge_runtime.audio import load_audio
+from edge_runtime.llm import LlamaModel
 from edge_runtime.measure import peak_rss_bytes
 from edge_runtime.transcribe import MossAudio
 from small_machine_4b import transcript_between
 bundle, clip, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ends, path = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+if not path["packed_prompt"]:  # no token rows: every token run is fed as a batch of its own
+    LlamaModel.token_rows = lambda self, tokens: None
 samples = load_audio(clip)
 model = MossAudio(bundle, threads=threads, n_ctx=path["n_ctx"], parallel=path["parallel"])
 model.forced_output = lambda start, end: transcript_between(ends, start, end)
@@ -132,8 +137,9 @@ def markdown(result: dict) -> list[str]:
              f"utterances. 1-minute load average at the start and end: {result['load_average'][0]} / "
              f"{result['load_average'][1]}.", "",
              "## End to end (a fresh process per run; medians; peak RSS includes loading)", "",
-             "before: fixed 8192-token context, one window at a time, all audio. now: context sized to the call, "
-             "`parallel=3`, `vad_filter=True`.", "",
+             "before: fixed 8192-token context, one window at a time, all audio, each run of prompt tokens (time "
+             "markers, chat frame) its own llama.cpp batch. now: context sized to the call, `parallel=3`, "
+             "`vad_filter=True`, packed prefill (prompt tokens in the audio rows' batches).", "",
              "| bundle | path | RTF | speed-up | peak RSS GiB | weights GiB | RSS - weights | audio fed s | windows | "
              "encode s | prefill s | decode s | runs |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, paths in result["end_to_end"].items():

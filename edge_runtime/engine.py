@@ -32,7 +32,7 @@ from .errors import ContextTaken, InputError
 from .features import log_mel_spectrogram
 from .llm import LlamaModel
 from .loop_guard import LoopGuard
-from .prompt import Piece, Tokens, prompt_length
+from .prompt import Audio, Piece, Tokens, prompt_length
 
 
 @dataclass(frozen=True)
@@ -258,15 +258,37 @@ class Sequence:
         self._logits = logits
 
     def prefill(self, pieces: list[Piece], rows: np.ndarray | None = None) -> None:
-        """Feed the pieces in order: token runs as token batches, audio runs as embedding
-        batches of their rows."""
+        """Feed the pieces in order. With audio among them, the token runs go in as their
+        embedding rows, so that audio, time markers and text share full batches (a marker's one
+        or two tokens as a batch of their own cost about what a full batch's rows do, each;
+        docs/format.md#packed-prefill). Otherwise, or where the GGUF's token embedding cannot
+        be read, token runs are token batches and audio runs embedding batches."""
         llm = self._llm
+        packed = self._packed_rows(llm, pieces, rows)
+        if packed is not None:
+            self._advance(len(packed), llm.eval_embeddings(packed, self.n_past, self.seq))
+            return
         for piece in pieces:
             if isinstance(piece, Tokens):
                 self._advance(len(piece.ids), llm.eval_tokens(piece.ids, self.n_past, self.seq))
             else:
                 self._advance(piece.count, llm.eval_embeddings(rows[piece.start:piece.start + piece.count],
                                                                self.n_past, self.seq))
+
+    @staticmethod
+    def _packed_rows(llm: LlamaModel, pieces: list[Piece], rows: np.ndarray | None) -> np.ndarray | None:
+        if not any(isinstance(piece, Audio) for piece in pieces):
+            return None
+        parts = []
+        for piece in pieces:
+            if isinstance(piece, Tokens):
+                token_rows = llm.token_rows(piece.ids)
+                if token_rows is None:
+                    return None
+                parts.append(token_rows)
+            else:
+                parts.append(rows[piece.start:piece.start + piece.count])
+        return np.concatenate(parts)
 
     def eval_tokens(self, tokens: Ids[int], logits_from: int | None = None) -> np.ndarray | None:
         """Append tokens; with `logits_from`, the logits after each of tokens[logits_from:]

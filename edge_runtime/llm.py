@@ -19,6 +19,7 @@ import numpy as np
 
 from .bundle import BundleError
 from .errors import InputError
+from .gguf_file import GGUFFormatError, read_tensor_directory
 
 MROPE_SECTIONS = 4  # llama.cpp's qwen3vl position layout: 4 position values per embedding row
 GGUF_MAGIC = b"GGUF"
@@ -30,6 +31,8 @@ FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}
 # at Qwen3's vocabulary) grows to the largest such batch and stays that size.
 OUTPUT_ROWS = 32
 CONTEXT_STEP = 256  # an automatic context grows in steps of this many tokens
+TOKEN_EMBEDDING = "token_embd.weight"
+GGML_TYPE_F32 = 0
 
 
 _log_sink: Callable[[str], None] | None = None  # gets llama.cpp's log text; dropped when None
@@ -119,6 +122,58 @@ def _drop_amx_layout() -> bool:
     for i in range(len(entries)):
         layouts[i] = kept[i] if i < len(kept) else None
     return [ggml.ggml_backend_buft_name(layouts[i]) for i in range(len(kept))] == names[1:]
+
+
+class _GgmlTypeTraits(ctypes.Structure):
+    """ggml.h's struct ggml_type_traits."""
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+
+
+def _ggml_type_traits(ggml_type: int) -> _GgmlTypeTraits:
+    from llama_cpp._ggml import libggml as ggml  # resolves libggml-base's symbols too
+
+    ggml.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    ggml.ggml_get_type_traits.restype = ctypes.POINTER(_GgmlTypeTraits)
+    return ggml.ggml_get_type_traits(ggml_type).contents
+
+
+class TokenEmbedding:
+    """The GGUF's token embedding rows exactly as llama.cpp looks them up for a token batch:
+    the file's bytes turned to floats by ggml's own conversion for their type (docs/format.md#packed-prefill)."""
+
+    def __init__(self, path: Path, n_vocab: int, n_embd: int):
+        info = read_tensor_directory(path).get(TOKEN_EMBEDDING)
+        if info is None or info.shape != (n_embd, n_vocab):
+            raise GGUFFormatError(f"{path}: no {TOKEN_EMBEDDING} of {n_vocab} rows of {n_embd}")
+        traits = _ggml_type_traits(info.ggml_type)
+        if traits.blck_size <= 0 or n_embd % traits.blck_size or traits.type_size <= 0:
+            raise GGUFFormatError(f"{path}: {TOKEN_EMBEDDING} has a type ({info.ggml_type}) this ggml does not describe")
+        if info.ggml_type != GGML_TYPE_F32 and not traits.to_float:
+            raise GGUFFormatError(f"{path}: ggml has no conversion to floats for {traits.type_name!r}")
+        self.path, self.offset, self.row_bytes = path, info.offset, n_embd // traits.blck_size * traits.type_size
+        if path.stat().st_size < self.offset + n_vocab * self.row_bytes:
+            raise GGUFFormatError(f"{path}: the file ends inside {TOKEN_EMBEDDING} (truncated)")
+        self._to_float = None if info.ggml_type == GGML_TYPE_F32 else _TO_FLOAT(traits.to_float)
+        self.n_embd = n_embd
+        self._cache: dict[int, np.ndarray] = {}  # a prompt uses few distinct tokens: digits, the chat frame
+
+    def row(self, token: int) -> np.ndarray:
+        if token not in self._cache:
+            with self.path.open("rb") as f:  # read, not mapped: the GGUF stays unmapped on the CPU
+                f.seek(self.offset + token * self.row_bytes)
+                raw = np.frombuffer(f.read(self.row_bytes), dtype=np.uint8)
+            if self._to_float is None:
+                values = raw.view(np.float32).copy()
+            else:
+                values = np.empty(self.n_embd, dtype=np.float32)
+                self._to_float(raw.ctypes.data, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), self.n_embd)
+            self._cache[token] = values
+        return self._cache[token]
 
 
 def mrope_positions(start: int, n: int) -> np.ndarray:
@@ -231,6 +286,7 @@ class LlamaModel:
         self.fixed_ctx = n_ctx is not None
         self.n_batch = n_batch
         self.n_seq = n_seq
+        self._token_embedding: TokenEmbedding | None | bool = None  # False: not readable here
         if n_ctx is not None:
             self._make_context(n_ctx)
 
@@ -296,6 +352,23 @@ class LlamaModel:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_rows(self, tokens: Sequence[int]) -> np.ndarray | None:
+        """Tokens as embedding rows [n, n_embd_inp]: the token's embedding, then zeros where an
+        audio row has its DeepStack slices (a token batch adds none). Evaluated as embeddings they
+        give what the tokens give as a token batch. None where the GGUF's embedding cannot be read
+        here; callers then feed token batches."""
+        if self._token_embedding is None:
+            try:
+                self._token_embedding = TokenEmbedding(self.path, self.n_vocab, self.n_embd)
+            except (GGUFFormatError, OSError, AttributeError):
+                self._token_embedding = False
+        if self._token_embedding is False:
+            return None
+        rows = np.zeros((len(tokens), self.n_embd_inp), dtype=np.float32)
+        for i, token in enumerate(tokens):
+            rows[i, :self.n_embd] = self._token_embedding.row(token)
+        return rows
 
     # --- evaluation ----------------------------------------------------------------------
 

@@ -362,9 +362,10 @@ class MossAudio:
         timings["encode_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
         room = max_tokens + len(self.engine.tokenize(END_THINKING))  # the forced close is not counted
-        pieces = self._audio_head(len(rows), system) + question_tail(self.manifest, self.engine.tokenize, question,
-                                                                     thinking)
-        sequence = self.engine.start(pieces, rows, room)
+        tail = question_tail(self.manifest, self.engine.tokenize, question, thinking)
+        # the question after the audio, in batches of its own as a session asks it: the same answer to the bit
+        sequence = self.engine.start(self._audio_head(len(rows), system), rows, prompt_length(tail) + room)
+        sequence.prefill(tail)
         timings["prefill_s"] = time.perf_counter() - clock
         return AnswerStream(self._answer(sequence, len(samples) / SAMPLE_RATE, timings, max_tokens,
                                          thinking_budget, Sampling(temperature, top_k, top_p, seed)))
