@@ -259,9 +259,9 @@ class Sequence:
 
     def prefill(self, pieces: list[Piece], rows: np.ndarray | None = None) -> None:
         """Feed the pieces in order. With audio among them, the token runs go in as their
-        embedding rows, so that audio, time markers and text share full batches (a marker's one
-        or two tokens as a batch of their own cost about what a full batch's rows do, each;
-        docs/format.md#packed-prefill). Otherwise, or where the GGUF's token embedding cannot
+        embedding rows, so that audio, time markers and text share full batches: a marker's one
+        or two tokens in a batch of their own cost a pass over all the weights
+        (docs/format.md#packed-prefill). Otherwise, or where the GGUF's token embedding cannot
         be read, token runs are token batches and audio runs embedding batches."""
         llm = self._llm
         packed = self._packed_rows(llm, pieces, rows)
