@@ -19,10 +19,9 @@ import numpy as np
 
 from .bundle import BundleError
 from .errors import InputError
-from .gguf_file import GGUFFormatError, read_tensor_directory
+from .gguf_file import MAGIC as GGUF_MAGIC, GGUFFormatError, read_tensor_directory
 
 MROPE_SECTIONS = 4  # llama.cpp's qwen3vl position layout: 4 position values per embedding row
-GGUF_MAGIC = b"GGUF"
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type ids
 # llama_flash_attn_type. On CPU, flash attention rounds Q and the softmax through f16, so the
 # exact parity tests turn it off (docs/format.md#incremental-prefill).
