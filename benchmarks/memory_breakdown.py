@@ -107,11 +107,13 @@ def main() -> None:
             result["bundles"][name] = {"path": path, "weights_bytes": weights, "context_tokens": context,
                                        "steps": steps, "llm_alone": alone}
             gguf = bundle.llm_path.stat().st_size
-            rows = [*((step, s, weights) for step, s in steps.items()),
+            # Nothing is loaded at the first step, so nothing to hold it against
+            rows = [*((step, s, weights if i else None) for i, (step, s) in enumerate(steps.items())),
                     *((f"the GGUF alone, {mode} (weights: the GGUF)", s, gguf) for mode, s in alone.items())]
             for step, s, basis in rows:
+                over = "" if basis is None else gib(s["VmHWM"] - basis)
                 lines.append(f"| {name} | {step} | {gib(s['VmRSS'])} | {gib(s['RssAnon'])} | {gib(s['RssFile'])} | "
-                             f"{gib(s['VmHWM'])} | {gib(s['VmHWM'] - basis)} |")
+                             f"{gib(s['VmHWM'])} | {over} |")
             lines.append(f"| {name} | weights {gib(weights)} GiB (GGUF {gib(gguf)}); context {context} tokens "
                          "| | | | | |")
     write_results("memory_breakdown", result, lines, args.results_dir)

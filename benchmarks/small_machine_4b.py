@@ -10,9 +10,10 @@ utterances with 1.4 s pauses).
    excluded; peak RSS includes loading), for each bundle:
    - before: the fixed 8192-token context the runtime used to take, one window at a time, all
      the audio fed, every run of prompt tokens (a time marker's digits, the chat frame) a
-     llama.cpp batch of its own (the runtime without packed prefill: its token rows withheld);
+     llama.cpp batch of its own (the runtime without packed prefill: its token rows withheld),
+     batches of up to 512 positions;
    - now: the context sized to the call, `parallel=3` windows decoded together, `vad_filter`,
-     packed prefill (docs/format.md#packed-prefill);
+     packed prefill (docs/format.md#packed-prefill) in even batches of up to llm.N_BATCH;
 2. streaming at real-time pace (stream_latency.py's runner): end of utterance -> final p50/p95,
    the largest lag, and the share of real time spent processing; that share scaled to a
    Raspberry Pi 5 and a Jetson Orin by the ratio of their public specs to this machine's
@@ -44,17 +45,19 @@ from results_file import RESULTS, provenance, stamp, write_results
 from stream_latency import PAUSE_S, SENTENCES, SR, build_clip
 
 from edge_runtime.bundle import load_bundle
+from edge_runtime.llm import N_BATCH
 from edge_runtime.stream import StreamConfig
 
 PATHS = {
-    "before": {"n_ctx": 8192, "parallel": 1, "vad_filter": False, "packed_prompt": False},
-    "now": {"n_ctx": None, "parallel": 3, "vad_filter": True, "packed_prompt": True},
+    "before": {"n_ctx": 8192, "parallel": 1, "vad_filter": False, "packed_prompt": False, "n_batch": 512},
+    "now": {"n_ctx": None, "parallel": 3, "vad_filter": True, "packed_prompt": True, "n_batch": N_BATCH},
 }
 
 # One run in a fresh process: argv = bundle, clip, threads, ends (JSON), path settings (JSON).
 END_TO_END = """
 import json, sys, time
 from edge_runtime.audio import load_audio
+from edge_runtime import llm
 from edge_runtime.llm import LlamaModel
 from edge_runtime.measure import peak_rss_bytes
 from edge_runtime.transcribe import MossAudio
@@ -63,6 +66,7 @@ bundle, clip, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ends, path = json.loads(sys.argv[4]), json.loads(sys.argv[5])
 if not path["packed_prompt"]:  # no token rows: every token run is fed as a batch of its own
     LlamaModel.token_rows = lambda self, tokens: None
+llm.N_BATCH = path["n_batch"]  # batch and micro-batch size: llama.cpp's compute buffer grows with it
 samples = load_audio(clip)
 model = MossAudio(bundle, threads=threads, n_ctx=path["n_ctx"], parallel=path["parallel"])
 model.forced_output = lambda start, end: transcript_between(ends, start, end)

@@ -29,6 +29,10 @@ FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}
 # Most logits rows one batch asks llama.cpp for: its logits buffer (n_vocab floats a row, 0.6 MB
 # at Qwen3's vocabulary) grows to the largest such batch and stays that size.
 OUTPUT_ROWS = 32
+# Most positions one llama.cpp batch (and micro-batch) takes. llama.cpp sizes its compute
+# buffer for this many rows, and a packed prompt fills it: 256 rather than llama.cpp's 512
+# halves that buffer, and on a CPU a prefill is no slower for it (docs/format.md#batch-size).
+N_BATCH = 256
 CONTEXT_STEP = 256  # an automatic context grows in steps of this many tokens
 TOKEN_EMBEDDING = "token_embd.weight"
 GGML_TYPE_F32 = 0
@@ -211,6 +215,15 @@ class _Batch:
         self.struct.logits = self._outputs.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
 
+def even_batches(n: int, limit: int) -> list[tuple[int, int]]:
+    """(lo, hi) of the fewest batches of at most `limit` positions that cover `n`, as even as
+    can be: every batch costs at least one pass over the weights, so 260 rows go as 130 + 130,
+    not 256 + 4 (a 4-row batch costs about what a decoded token does)."""
+    count = -(-n // limit)
+    bounds = [n * i // count for i in range(count + 1)] if count else [0]
+    return list(zip(bounds, bounds[1:]))
+
+
 def _last_only(n: int) -> np.ndarray:
     outputs = np.zeros(n, dtype=np.int8)
     outputs[-1] = 1
@@ -242,7 +255,7 @@ class LlamaModel:
     a token, 1.2 GB for 8192 tokens), so a 30 s window gets about 1 000 tokens, not 8192.
     A number fixes the context at that size."""
 
-    def __init__(self, path: Path, n_ctx: int | None = None, n_batch: int = 512,
+    def __init__(self, path: Path, n_ctx: int | None = None, n_batch: int | None = None,
                  threads: int | None = None, gpu_layers: int = 0, kv_type: str = "f16",
                  flash_attention: str = "auto", n_seq: int = 1):
         if kv_type not in KV_CACHE_TYPES:
@@ -271,8 +284,8 @@ class LlamaModel:
         self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
         threads = threads or os.cpu_count() or 1
         self._ctx_params = ctx_params = C.llama_context_default_params()
-        ctx_params.n_batch = n_batch
-        ctx_params.n_ubatch = n_batch
+        n_batch = n_batch or N_BATCH
+        ctx_params.n_batch = ctx_params.n_ubatch = n_batch
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
@@ -396,8 +409,7 @@ class LlamaModel:
         split = len(tokens) if logits_from is None else logits_from
         last: np.ndarray | None = None
         rows: list[np.ndarray] = []
-        for lo in range(0, split, self.n_batch):  # positions whose logits are not wanted
-            hi = min(split, lo + self.n_batch)
+        for lo, hi in even_batches(split, self.n_batch):  # positions whose logits are not wanted
             last = self._decode(_token_batch(tokens, lo, hi, start, seq, every=False), 1)[-1]
         for lo in range(split, len(tokens), OUTPUT_ROWS):
             hi = min(len(tokens), lo + OUTPUT_ROWS)
@@ -410,8 +422,8 @@ class LlamaModel:
         if rows.ndim != 2 or rows.shape[1] != self.n_embd_inp:
             raise ValueError(f"audio rows of shape {rows.shape}, the LLM takes rows of {self.n_embd_inp}")
         self._check_room(start + len(rows))
-        for lo in range(0, len(rows), self.n_batch):
-            part = rows[lo:lo + self.n_batch]
+        for lo, hi in even_batches(len(rows), self.n_batch):
+            part = rows[lo:hi]
             logits = self._decode(_Batch(mrope_positions(start + lo, len(part)), np.full(len(part), seq),
                                          _last_only(len(part)), embeddings=part), 1)
         return logits[-1]

@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 
 import gguf
+import llama_cpp as C
 import numpy as np
 import pytest
 
 from edge_runtime.bundle import load_bundle
 from edge_runtime.gguf_file import GGUFFormatError, read_tensor_directory
-from edge_runtime.llm import TOKEN_EMBEDDING, LlamaModel, TokenEmbedding
+from edge_runtime.llm import N_BATCH, TOKEN_EMBEDDING, LlamaModel, TokenEmbedding, even_batches
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, Audio, build_prompt
 from edge_runtime.transcribe import MossAudio
 
@@ -67,6 +68,31 @@ def test_packed_prompt_gives_the_per_piece_prompts_tokens_and_logits(tiny_bundle
     assert packed_text == per_piece_text
     assert np.argmax(packed) == np.argmax(per_piece)
     np.testing.assert_allclose(packed, per_piece, rtol=1e-4, atol=1e-4 * np.abs(per_piece).max())
+
+
+@pytest.mark.parametrize("n, limit", [(516, 256), (512, 256), (257, 256), (5, 256), (0, 256), (1000, 7)])
+def test_batches_are_the_fewest_and_even(n, limit):
+    batches = even_batches(n, limit)
+    assert [lo for lo, _ in batches[1:]] == [hi for _, hi in batches[:-1]]  # back to back
+    assert (batches[0][0], batches[-1][1]) == (0, n) if n else batches == []
+    sizes = [hi - lo for lo, hi in batches]
+    assert len(sizes) == -(-n // limit) and max(sizes, default=0) <= limit
+    assert max(sizes, default=0) - min(sizes, default=0) <= 1
+
+
+def test_a_prompt_longer_than_a_batch_gives_the_one_batch_logits(tiny_bundles):
+    path = load_bundle(tiny_bundles["k2"]).llm_path
+    one = LlamaModel(path, n_ctx=512, n_batch=512, threads=1)
+    split = LlamaModel(path, n_ctx=512, n_batch=40, threads=1)
+    assert C.llama_n_ubatch(split.ctx) == 40  # llama.cpp's micro-batch, and so its compute buffer
+    rows = one.token_rows(one.tokenize("a prompt of some length, " * 20))
+    assert len(rows) > 2 * 40 and len(rows) % 40
+    got, want = split.eval_embeddings(rows, 0), one.eval_embeddings(rows, 0)
+    # Kernels differ with batch size (here 1e-3 of the largest logit); one row left out or
+    # repeated moves the logits 2e-2 of it
+    assert np.argmax(got) == np.argmax(want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+    assert C.llama_n_ubatch(LlamaModel(path, n_ctx=256, threads=1).ctx) == N_BATCH
 
 
 def test_an_embedding_cut_short_is_refused_by_name(tmp_path):
