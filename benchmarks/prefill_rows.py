@@ -25,8 +25,7 @@ from results_file import RESULTS, provenance, stamp, write_results  # benchmarks
 
 from edge_runtime.bundle import load_bundle
 from edge_runtime.engine import Engine
-from edge_runtime import llm
-from edge_runtime.llm import LlamaModel, even_batches
+from edge_runtime.llm import N_BATCH, LlamaModel, even_batches
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, Audio, Tokens, build_prompt, prompt_length
 
 LLAMA_CPP_BATCH = 512  # llama.cpp's own default batch, against the runtime's llm.N_BATCH
@@ -44,17 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     window_rows = math.ceil(args.window_seconds * bundle.manifest.audio.tokens_per_second)
-    runtime_batch = llm.N_BATCH
 
-    def engine_with_batch(n_batch: int) -> Engine:
-        llm.N_BATCH = n_batch
-        try:
-            return Engine(bundle, ["CPUExecutionProvider"], gpu_layers=0, threads=args.threads,
-                          n_ctx=max(args.positions, window_rows) + 512)  # + the window prompt's text
-        finally:
-            llm.N_BATCH = runtime_batch
-
-    engine, engine_512 = engine_with_batch(runtime_batch), engine_with_batch(LLAMA_CPP_BATCH)
+    engine, engine_512 = (Engine(bundle, ["CPUExecutionProvider"], gpu_layers=0, threads=args.threads,
+                                 n_ctx=max(args.positions, window_rows) + 512, n_batch=n_batch)  # + the prompt's text
+                          for n_batch in (N_BATCH, LLAMA_CPP_BATCH))
     rng = np.random.default_rng(0)
     tokens = rng.integers(1000, engine.n_vocab - 1000, args.positions).tolist()
     width = bundle.manifest.model.row_width
@@ -87,7 +79,7 @@ def main() -> None:
     window_positions = prompt_length(window)
     counts = {"tokens": args.positions, "audio rows": args.positions, "window prompt, piece by piece": window_positions,
               "window prompt, packed": window_positions, packed_512: window_positions}
-    batches = {kind: len(even_batches(n, runtime_batch)) for kind, n in counts.items()}
+    batches = {kind: len(even_batches(n, N_BATCH)) for kind, n in counts.items()}
     batches["window prompt, piece by piece"] = len(window)
     batches[packed_512] = len(even_batches(window_positions, LLAMA_CPP_BATCH))
     medians = {kind: statistics.median(s) for kind, s in seconds.items()}
@@ -102,7 +94,7 @@ def main() -> None:
               "batch_512_over_runtime": round(medians[packed_512] / medians["window prompt, packed"], 3)}
     lines = ["# Prefill: audio rows against text tokens, and a window's prompt piece by piece against packed", "",
              provenance(result), "",
-             f"{args.threads} threads, batches of up to {runtime_batch} unless named, medians of {args.runs} interleaved runs, each from "
+             f"{args.threads} threads, batches of up to {N_BATCH} unless named, medians of {args.runs} interleaved runs, each from "
              f"position 0 of an emptied context. An audio row is {width} floats (the adapter output and the "
              f"DeepStack slices); a token is an id. The window prompt is a {args.window_seconds:g} s window's "
              f"sentence-timestamp prompt: {window_rows} audio rows, their time markers, the chat frame and the "
@@ -112,7 +104,7 @@ def main() -> None:
               f"| {rates[kind]} | {args.runs} |" for kind in feeds]
     lines += ["", f"Audio rows / tokens: {result['rows_over_tokens']}x. "
                   f"Window prompt packed: {result['packed_speedup']}x faster than piece by piece; in batches of "
-                  f"up to {LLAMA_CPP_BATCH}, {result['batch_512_over_runtime']}x the time of batches of up to {runtime_batch}."]
+                  f"up to {LLAMA_CPP_BATCH}, {result['batch_512_over_runtime']}x the time of batches of up to {N_BATCH}."]
     write_results(args.out, result, lines, args.results_dir)
     print("\n".join(lines))
 

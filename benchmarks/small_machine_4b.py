@@ -57,7 +57,6 @@ PATHS = {
 END_TO_END = """
 import json, sys, time
 from edge_runtime.audio import load_audio
-from edge_runtime import llm
 from edge_runtime.llm import LlamaModel
 from edge_runtime.measure import peak_rss_bytes
 from edge_runtime.transcribe import MossAudio
@@ -66,9 +65,8 @@ bundle, clip, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ends, path = json.loads(sys.argv[4]), json.loads(sys.argv[5])
 if not path["packed_prompt"]:  # no token rows: every token run is fed as a batch of its own
     LlamaModel.token_rows = lambda self, tokens: None
-llm.N_BATCH = path["n_batch"]  # batch and micro-batch size: llama.cpp's compute buffer grows with it
 samples = load_audio(clip)
-model = MossAudio(bundle, threads=threads, n_ctx=path["n_ctx"], parallel=path["parallel"])
+model = MossAudio(bundle, threads=threads, n_ctx=path["n_ctx"], parallel=path["parallel"], n_batch=path["n_batch"])
 model.forced_output = lambda start, end: transcript_between(ends, start, end)
 started = time.perf_counter()
 segments, info = model.transcribe(samples, timestamps="sentence", vad_filter=path["vad_filter"])

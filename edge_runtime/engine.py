@@ -91,7 +91,7 @@ class Engine:
 
     def __init__(self, bundle: Bundle, providers: list[str], gpu_layers: int, threads: int | None = None,
                  n_ctx: int | None = None, kv_type: str = "f16", flash_attention: str = "auto",
-                 parallel: int = 1):
+                 parallel: int = 1, n_batch: int | None = None):
         if parallel < 1:
             raise InputError(f"parallel={parallel}: at least one sequence")
         self.bundle = bundle
@@ -99,7 +99,7 @@ class Engine:
         self.manifest = m
         self.encoder = AudioEncoder(bundle.encoder_path, m.audio, m.model.row_width,
                                     providers=providers, threads=threads)
-        self._llm = LlamaModel(bundle.llm_path, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
+        self._llm = LlamaModel(bundle.llm_path, n_ctx=n_ctx, n_batch=n_batch, threads=threads, gpu_layers=gpu_layers,
                                kv_type=kv_type, flash_attention=flash_attention, n_seq=parallel)
         # Equal row widths do not prove matching files: hidden * (1 + K) can coincide
         if self._llm.n_embd != m.model.hidden_size:

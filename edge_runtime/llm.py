@@ -262,6 +262,8 @@ class LlamaModel:
             raise InputError(f"KV cache type {kv_type!r} not one of {sorted(KV_CACHE_TYPES)}")
         if flash_attention not in FLASH_ATTENTION:
             raise InputError(f"flash attention {flash_attention!r} not one of {sorted(FLASH_ATTENTION)}")
+        if n_batch is not None and n_batch < 1:
+            raise InputError(f"batch size {n_batch}: at least one position")
         _init_backend()
         check_gguf_header(path)
         self.path = path

@@ -117,14 +117,16 @@ class MossAudio:
     of each per llama.cpp batch, sharing `n_ctx`. With `kv_type="f32"` and flash attention off
     they get the tokens they would get one at a time, to the bit; the f16 cache rounds the
     batch differently, which can change a token at a near-tie (measured:
-    benchmarks/results/parallel_windows.md).
+    benchmarks/results/parallel_windows.md). `n_batch` caps the prompt positions of one llama.cpp
+    batch (default llm.N_BATCH, docs/format.md#batch-size).
     Calls share one llama.cpp context: consume (or close) a stream before the next call.
     """
 
     def __init__(self, bundle: str | Path | Bundle, device: str = "auto", threads: int | None = None,
                  n_ctx: int | None = None, gpu_layers: int | None = None, kv_type: str = "f16",
                  flash_attention: str = "auto", verify_hashes: bool = False, strict_device: bool = False,
-                 parallel: int = 1, loop_guard: LoopGuardConfig | None = LoopGuardConfig()):
+                 parallel: int = 1, loop_guard: LoopGuardConfig | None = LoopGuardConfig(),
+                 n_batch: int | None = None):
         bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_hashes)
         # a quantized bundle names the device it was made for (its preset); arguments win
         hints = bundle.manifest.quantization.get("runtime", {})
@@ -141,7 +143,7 @@ class MossAudio:
         self.engine = Engine(bundle, self.device.providers,
                              self.device.gpu_layers if gpu_layers is None else gpu_layers,
                              threads=threads, n_ctx=n_ctx, kv_type=kv_type, flash_attention=flash_attention,
-                             parallel=parallel)
+                             parallel=parallel, n_batch=n_batch)
 
     @property
     def bundle(self) -> Bundle:

@@ -11,12 +11,15 @@ import gguf
 import llama_cpp as C
 import numpy as np
 import pytest
+import soundfile as sf
 
 from edge_runtime.bundle import load_bundle
 from edge_runtime.gguf_file import GGUFFormatError, read_tensor_directory
 from edge_runtime.llm import N_BATCH, TOKEN_EMBEDDING, LlamaModel, TokenEmbedding, even_batches
 from edge_runtime.prompt import SENTENCE_TIMESTAMPS, Audio, build_prompt
 from edge_runtime.transcribe import MossAudio
+
+from cli_helpers import assert_one_line_error, moss_edge
 
 
 def nano_gguf() -> Path:
@@ -93,6 +96,16 @@ def test_a_prompt_longer_than_a_batch_gives_the_one_batch_logits(tiny_bundles):
     assert np.argmax(got) == np.argmax(want)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
     assert C.llama_n_ubatch(LlamaModel(path, n_ctx=256, threads=1).ctx) == N_BATCH
+
+
+def test_the_batch_size_reaches_llama_cpp_from_the_api_and_the_cli(tmp_path):
+    model = MossAudio("nano", threads=1, n_batch=16)
+    samples = np.random.default_rng(0).standard_normal(3 * 16000).astype(np.float32) * 0.05
+    model.generate(samples, SENTENCE_TIMESTAMPS, max_tokens=2)  # the context is made for a call
+    assert C.llama_n_ubatch(model.engine._llm.ctx) == 16
+    wav = tmp_path / "noise.wav"
+    sf.write(wav, samples, 16000)
+    assert_one_line_error(moss_edge("transcribe", "nano", str(wav), "--batch-size", "0"), ["batch size 0"])
 
 
 def test_an_embedding_cut_short_is_refused_by_name(tmp_path):

@@ -15,6 +15,8 @@ def add_model_options(parser: argparse.ArgumentParser, windows: bool = False) ->
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n-ctx", type=int, default=None,
                         help="LLM context in tokens (default: sized to each call's prompt and output budget)")
+    parser.add_argument("--batch-size", dest="n_batch", type=int, default=None, metavar="N",
+                        help="LLM prompt positions per llama.cpp batch (default 256; docs/format.md#batch-size)")
     parser.add_argument("--verify", action="store_true", help="check the bundle's file hashes before loading")
     parser.add_argument("--no-loop-guard", dest="loop_guard", action="store_false",
                         help="decode to the token budget even when the output repeats itself")
@@ -28,5 +30,5 @@ def load_model(args: argparse.Namespace):
     from ..transcribe import MossAudio  # loads onnxruntime and llama.cpp: only once a command runs
 
     return MossAudio(args.bundle, device=args.device, threads=args.threads, n_ctx=args.n_ctx,
-                     verify_hashes=args.verify, parallel=getattr(args, "parallel", 1),
+                     n_batch=args.n_batch, verify_hashes=args.verify, parallel=getattr(args, "parallel", 1),
                      loop_guard=LoopGuardConfig() if args.loop_guard else None)
