@@ -109,7 +109,8 @@ def _worker_model_args(args: argparse.Namespace, threads: int) -> argparse.Names
     goes by its name, which resolves inside that machine's installation."""
     embedded = {path: name for name, path in EMBEDDED_BUNDLES.items()}
     return argparse.Namespace(bundle=embedded.get(args.bundle, args.bundle), device=args.device, threads=threads,
-                              n_ctx=args.n_ctx, n_batch=args.n_batch, verify=False, parallel=args.parallel, loop_guard=args.loop_guard)
+                              n_ctx=args.n_ctx, n_batch=args.n_batch, verify=False, parallel=args.parallel,
+                              loop_guard=args.loop_guard)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
