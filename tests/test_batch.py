@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -217,6 +218,29 @@ def test_killed_workers_lose_only_their_file(speech_wav, tmp_path):
     while any(Path(f"/proc/{pid}").exists() for pid in seen) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in seen if Path(f"/proc/{pid}").exists()], "Ray processes left behind"
+
+
+def test_ctrl_c_while_a_file_is_booked_waits_for_the_bookkeeping_to_end():
+    """The kernel may hand SIGINT to any thread (Ray starts several): a file's transcripts, ledger
+    line and count still go in together, and the interrupt comes right after them."""
+    from edge_runtime.cli.batch import _ctrl_c_deferred
+
+    idle = threading.Event()
+    other = threading.Thread(target=idle.wait)  # does not mask SIGINT, as Ray's threads do not
+    other.start()
+    booked = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                deadline = time.monotonic() + 0.5
+                while time.monotonic() < deadline:  # Python code runs on: room for the interrupt
+                    pass
+                booked = True
+    finally:
+        idle.set()
+        other.join()
+    assert booked
 
 
 def test_without_ray_says_how_to_install_it(tmp_path):

@@ -96,12 +96,18 @@ def _batch(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold SIGINT back for the block; one that came meanwhile is raised right after it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """Hold SIGINT back for the block; one that came meanwhile is raised right after it.
+    A Python handler that only notes it, not a signal mask: the kernel hands a process's SIGINT
+    to any thread that does not mask it (Ray's own threads), and Python raises it in the main
+    thread whichever thread caught it."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _worker_model_args(args: argparse.Namespace, threads: int) -> argparse.Namespace:
