@@ -133,5 +133,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="workers, each holding the model (default: as many as the cluster's CPUs hold)")
     parser.add_argument("--threads-per-worker", dest="threads", type=int, default=None,
-                        help=f"CPU threads (and Ray CPUs) per worker, as --threads (default {DEFAULT_THREADS_PER_WORKER})")
+                        help="CPU threads (and Ray CPUs) per worker, as --threads "
+                        f"(default {DEFAULT_THREADS_PER_WORKER})")
     parser.set_defaults(handler=_batch, extra="batch")
